@@ -108,6 +108,8 @@ class Backbone(nn.Module):
 
     def forward(self, x: Tensor, state: list[Any] | None = None, mask: Tensor | None = None) -> tuple[Tensor, list[Any]]:
         check_sequence(x, self.d_model, mask)
+        if state is not None and not self.causal:
+            raise ValueError("this backbone is non-causal (bidirectional or non-causal mixers): it has no streaming state; call it with state=None")
         if state is None:
             state = [None] * len(self.blocks)
         elif len(state) != len(self.blocks):

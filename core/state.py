@@ -8,9 +8,10 @@ from torch import Tensor
 
 @dataclass
 class RecurrentState:
-    """State of a mixer built on a matrix recurrence.
+    """State of a mixer built on one recurrence plus an optional short convolution.
 
-    recurrent: (B, H, K, V) float32 matrix memory.
+    recurrent: the recurrence's state in float32 (or complex64): (B, H, K, V) for matrix memories,
+        (B, D, N) or (B, D) for elementwise ones.
     conv: (B, kernel_size - 1, C) last inputs of the short causal convolution, or None without one.
     """
 

@@ -1,0 +1,110 @@
+"""The verbs every app shares, each a straight line from a composed config to files in the run directory.
+
+An app plugs in two functions (`App`): how to build its LightningModule for a datamodule, and how to write
+predictions. Everything else (seeding, data, trainer, checkpoints, metrics.json, loss curves) is here.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from apps.common.plots import plot_loss_curves
+from apps.common.results import write_metrics
+from apps.common.trainer import best_checkpoint, build_trainer, csv_log_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class App:
+    """An app as the common command line sees it.
+
+    name: the package under apps/ (python -m apps.<name>).
+    config_dir: its Hydra config directory (holding config.yaml).
+    build_task: (config, datamodule after setup()) -> LightningModule.
+    write_predictions: (outputs of trainer.predict, datamodule, run directory) -> anything; writes files.
+    """
+
+    name: str
+    config_dir: Path
+    build_task: Callable[[DictConfig, L.LightningDataModule], L.LightningModule]
+    write_predictions: Callable[[list[Any], L.LightningDataModule, Path], Any]
+
+
+def run_info(cfg: DictConfig, started: float, **extra: Any) -> dict[str, Any]:
+    """What metrics.json says about the run besides its metrics."""
+    hydra = HydraConfig.get()
+    return {
+        "app": cfg.app,
+        "verb": hydra.job.name,
+        "name": cfg.name,
+        "overrides": list(hydra.overrides.task),
+        "run_dir": str(Path(cfg.paths.output_dir).resolve()),
+        "seconds": round(time.perf_counter() - started, 2),
+        **extra,
+    }
+
+
+def train(cfg: DictConfig, app: App) -> dict[str, float]:
+    """Fit (resuming from cfg.ckpt_path if set), test the best checkpoint, write loss_curves.png and metrics.json."""
+    started = time.perf_counter()
+    output_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    task = app.build_task(cfg, datamodule)
+    trainer = build_trainer(cfg)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    csv_log = csv_log_file(trainer)  # read before testing: with ddp_spawn, testing starts a new log
+    if trainer.is_global_zero and csv_log is not None:
+        plot_loss_curves(csv_log, output_dir / "loss_curves.png")
+    checkpoint = best_checkpoint(trainer)
+    metrics = trainer.test(task, datamodule=datamodule, ckpt_path=checkpoint)[0]
+    if trainer.is_global_zero:
+        write_metrics(output_dir, metrics, **run_info(cfg, started, checkpoint=checkpoint, resumed_from=cfg.ckpt_path))
+        log.info("run directory: %s", output_dir)
+    return metrics
+
+
+def evaluate(cfg: DictConfig, app: App) -> dict[str, float]:
+    """Test the checkpoint cfg.ckpt_path with the data it was trained on; write metrics.json and test plots."""
+    started = time.perf_counter()
+    output_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    task = app.build_task(cfg, datamodule)
+    trainer = build_trainer(cfg)
+    metrics = trainer.test(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)[0]
+    if trainer.is_global_zero:
+        write_metrics(output_dir, metrics, **run_info(cfg, started, checkpoint=cfg.ckpt_path))
+        log.info("run directory: %s", output_dir)
+    return metrics
+
+
+def predict(cfg: DictConfig, app: App) -> Any:
+    """Predict past the end of the data with the checkpoint cfg.ckpt_path; the app writes the files."""
+    output_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("predict")
+    task = app.build_task(cfg, datamodule)
+    trainer = build_trainer(cfg)
+    predictions = trainer.predict(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if not trainer.is_global_zero:
+        return None
+    written = app.write_predictions(predictions, datamodule, output_dir)
+    log.info("run directory: %s", output_dir)
+    return written
+
+
+VERBS: dict[str, Callable[[DictConfig, App], Any]] = {"train": train, "eval": evaluate, "predict": predict}

@@ -1,0 +1,30 @@
+"""Validation of mixer options shared by the xLSTM, convolution and Aaren mixers."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def check_positive_int(mixer: str, option: str, value: object) -> None:
+    """Raise a ValueError naming the mixer and option unless value is an int >= 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{mixer}: {option} must be a positive int, got {value!r}")
+
+
+def check_choice(mixer: str, option: str, value: object, allowed: Sequence[str]) -> None:
+    """Raise a ValueError listing the allowed values unless value is one of them."""
+    if value not in allowed:
+        raise ValueError(f"{mixer}: {option} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+def check_divides(mixer: str, what: str, width: int, option: str, value: int) -> None:
+    """Raise a ValueError unless `value` (the option) divides `width` (described by `what`)."""
+    if width % value:
+        raise ValueError(f"{mixer}: {option}={value} must divide {what}={width}; pick a divisor of {width}")
+
+
+def whole_width(mixer: str, option: str, d_model: int, factor: float) -> int:
+    """d_model * factor as a positive int (an expanded inner width)."""
+    width = d_model * factor
+    if width < 1 or width != int(width):
+        raise ValueError(f"{mixer}: d_model * {option} = {d_model} * {factor} must be a positive whole number")
+    return int(width)

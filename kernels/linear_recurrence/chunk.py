@@ -1,0 +1,468 @@
+"""Chunked linear recurrence with one decay per (token, head): Simple GLA, RetNet, Mamba-2 SSD, linear attention.
+
+S_t = exp(g_t) S_{t-1} + k_t v_t^T, o_t = S_t^T (scale q_t); chunk algorithm of spec section 1, schedule
+in README.md. Forward: chunk-local cumsum of g, state pass (h), output pass (o). Backward: the state
+pass again (h is recomputed, not stored), reverse state pass (dh), dv, then dq, dk and dg. dg is
+computed per chunk (d loss / d gamma from the score matrices in fp32, the read of h and the writes
+to the next state, reverse-summed inside the chunk): never as a reverse cumsum of q.dq - k.dk over
+the whole sequence, whose terms cancel over long ranges and leave bf16 rounding errors growing with T.
+
+Layout: q, k (B, T, H, K); v, o (B, T, H, V); g (B, T, H); states (N, H, K, V) float32. Per-chunk
+states h, dh are (total_chunks, H, K, V) in the input dtype (they feed tensor-core matmuls in that
+dtype; the state carried along the sequence stays float32). Cumulative gates are float32 in log2
+units, used with exp2. Offsets are int64; T is a run-time argument (no recompilation per length).
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from kernels.common.chunks import ChunkLayout, chunk_coords, chunk_layout, sequence_coords
+from kernels.common.config import all_configs, configs
+from kernels.common.cumsum import LOG2E, chunk_local_cumsum
+
+CHUNK_SIZE = 64
+MAX_HEAD_DIM = 256
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+# Block sizes come from the head dims (see the launchers); autotuning picks warps and pipeline depth,
+# the first choice being the default when not autotuning. Autotune keys leave out T, so a new
+# sequence length neither recompiles nor re-tunes.
+STATE_CHOICES = all_configs(warps=(4, 2), stages=(2, 3))
+TILE_CHOICES = all_configs(warps=(4, 8), stages=(2, 3))
+DQK_CHOICES = all_configs(warps=(8, 4), stages=(2, 3))  # four accumulators: 8 warps spill fewer registers
+KEY = ["H", "K", "V", "BK", "BV", "USE_G", "IS_VARLEN"]
+
+
+# --- state passes: one program per (K tile, V tile, sequence and head), sequential over chunks -----------
+
+
+@triton.autotune(configs=configs(STATE_CHOICES), key=KEY + ["USE_H0", "STORE_HT"])
+@triton.jit(do_not_specialize=["T"])
+def _fwd_h_kernel(
+    k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_G: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """h[c] = state entering chunk c; S <- exp(gamma_C) S + (K * exp(gamma_C - gamma))^T V."""
+    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, T, NT, c0 = sequence_coords(i_n, T, cu_seqlens, chunk_offsets, BT, IS_VARLEN)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_kv = (o_k[:, None] < K) & (o_v[None, :] < V)
+    o_kv = o_k[:, None] * V + o_v[None, :]  # [BK, BV] offsets inside one K x V state
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        b_h += tl.load(h0 + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0).to(tl.float32)
+    for i_t in range(0, NT):
+        tl.store(h + ((c0 + i_t) * H + i_h) * K * V + o_kv, b_h.to(h.dtype.element_ty), mask=m_kv)
+        o_t = i_t * BT + tl.arange(0, BT)
+        m_t = o_t < T
+        base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H  # chunk's first row (int64), row offsets (int32)
+        b_k = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=(o_k[:, None] < K) & m_t[None, :], other=0)  # [BK, BT]
+        b_v = tl.load(v + base * V + (r[:, None] * V + o_v[None, :]), mask=m_t[:, None] & (o_v[None, :] < V), other=0)  # [BT, BV]
+        if USE_G:
+            last = tl.minimum(i_t * BT + BT, T) - 1
+            b_g_last = tl.load(gc + (bos + last) * H + i_h)
+            b_g = tl.load(gc + base + r, mask=m_t, other=0)
+            b_h *= tl.exp2(b_g_last)
+            b_v = (b_v * tl.exp2(b_g_last - b_g)[:, None]).to(b_v.dtype)
+        b_h += tl.dot(b_k, b_v, input_precision=DOT_PREC)
+    if STORE_HT:
+        tl.store(ht + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
+
+
+@triton.autotune(configs=configs(STATE_CHOICES), key=KEY + ["USE_DHT", "STORE_DH0"])
+@triton.jit(do_not_specialize=["T"])
+def _bwd_dh_kernel(
+    q, do, gc, dh, dht, dh0, cu_seqlens, chunk_offsets, T, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_G: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """dh[c] = gradient of the state leaving chunk c from later chunks and dS_T;
+    dS <- exp(gamma_C) dS + scale (Q * exp(gamma))^T dO, in reverse chunk order."""
+    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, T, NT, c0 = sequence_coords(i_n, T, cu_seqlens, chunk_offsets, BT, IS_VARLEN)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_kv = (o_k[:, None] < K) & (o_v[None, :] < V)
+    o_kv = o_k[:, None] * V + o_v[None, :]
+    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        b_dh += tl.load(dht + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0).to(tl.float32)
+    for i_t in range(NT - 1, -1, -1):
+        tl.store(dh + ((c0 + i_t) * H + i_h) * K * V + o_kv, b_dh.to(dh.dtype.element_ty), mask=m_kv)
+        o_t = i_t * BT + tl.arange(0, BT)
+        m_t = o_t < T
+        base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H
+        b_q = tl.load(q + base * K + (r[None, :] * K + o_k[:, None]), mask=(o_k[:, None] < K) & m_t[None, :], other=0)  # [BK, BT]
+        b_do = tl.load(do + base * V + (r[:, None] * V + o_v[None, :]), mask=m_t[:, None] & (o_v[None, :] < V), other=0)  # [BT, BV]
+        if USE_G:
+            last = tl.minimum(i_t * BT + BT, T) - 1
+            b_g_last = tl.load(gc + (bos + last) * H + i_h)
+            b_g = tl.load(gc + base + r, mask=m_t, other=0)
+            b_dh *= tl.exp2(b_g_last)
+            b_q = (b_q * (tl.exp2(b_g) * scale)[None, :]).to(b_q.dtype)
+        else:
+            b_q = (b_q * scale).to(b_q.dtype)
+        b_dh += tl.dot(b_q, b_do, input_precision=DOT_PREC)
+    if STORE_DH0:
+        tl.store(dh0 + i_nh.to(tl.int64) * K * V + o_kv, b_dh, mask=m_kv)
+
+
+# --- chunk-parallel passes: one program per (tile, chunk, batch and head) --------------------------------
+
+
+@triton.autotune(configs=configs(TILE_CHOICES), key=KEY)
+@triton.jit(do_not_specialize=["T"])
+def _fwd_o_kernel(
+    q, k, v, gc, h, o, cu_seqlens, chunk_indices, T, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_G: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """O = scale (Q * exp(gamma)) h[c] + (scale Q K^T * Gamma) V."""
+    i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos, T, i_t, i_c = chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
+    o_t = i_t * BT + tl.arange(0, BT)
+    m_t = o_t < T
+    base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    p_h = h + (i_c * H + i_h) * K * V
+    b_o = tl.zeros([BT, BV], dtype=tl.float32)
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in tl.static_range(0, (K + BK - 1) // BK):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        b_q = tl.load(q + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)  # [BT, BK]
+        b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)  # [BK, BT]
+        b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0)  # [BK, BV]
+        b_o += tl.dot(b_q, b_h, input_precision=DOT_PREC)
+        b_A += tl.dot(b_q, b_kt, input_precision=DOT_PREC)
+    causal = o_t[:, None] >= o_t[None, :]
+    if USE_G:
+        b_g = tl.load(gc + base + r, mask=m_t, other=0)
+        b_o *= tl.exp2(b_g)[:, None]
+        b_A *= tl.exp2(tl.where(causal, b_g[:, None] - b_g[None, :], float("-inf")))
+    b_A = tl.where(causal, b_A * scale, 0)
+    b_v = tl.load(v + base * V + (r[:, None] * V + o_v[None, :]), mask=m_t[:, None] & m_v[None, :], other=0)
+    b_o = b_o * scale + tl.dot(b_A.to(b_v.dtype), b_v, input_precision=DOT_PREC)
+    tl.store(o + base * V + (r[:, None] * V + o_v[None, :]), b_o.to(o.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
+
+
+@triton.autotune(configs=configs(TILE_CHOICES), key=KEY)
+@triton.jit(do_not_specialize=["T"])
+def _bwd_dv_kernel(
+    q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, T, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_G: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """dV = (K * exp(gamma_C - gamma)) dh[c] + (scale Q K^T * Gamma)^T dO.
+
+    The transposed score matrix is computed as K Q^T directly: transposing a dot result before
+    another dot is miscompiled on Hopper by Triton 3.4 - 3.7.0 (fla issue 640).
+    """
+    i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos, T, i_t, i_c = chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
+    o_t = i_t * BT + tl.arange(0, BT)
+    m_t = o_t < T
+    base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    p_dh = dh + (i_c * H + i_h) * K * V
+    b_dv = tl.zeros([BT, BV], dtype=tl.float32)
+    b_At = tl.zeros([BT, BT], dtype=tl.float32)  # b_At[j, r] = k_j . q_r
+    for i_k in tl.static_range(0, (K + BK - 1) // BK):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)  # [BT, BK]
+        b_qt = tl.load(q + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)  # [BK, BT]
+        b_dh = tl.load(p_dh + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0)  # [BK, BV]
+        b_dv += tl.dot(b_k, b_dh, input_precision=DOT_PREC)
+        b_At += tl.dot(b_k, b_qt, input_precision=DOT_PREC)
+    anticausal = o_t[:, None] <= o_t[None, :]  # j <= r
+    if USE_G:
+        last = tl.minimum(i_t * BT + BT, T) - 1
+        b_g_last = tl.load(gc + (bos + last) * H + i_h)
+        b_g = tl.load(gc + base + r, mask=m_t, other=0)
+        b_dv *= tl.exp2(b_g_last - b_g)[:, None]
+        b_At *= tl.exp2(tl.where(anticausal, b_g[None, :] - b_g[:, None], float("-inf")))
+    b_At = tl.where(anticausal, b_At * scale, 0)
+    b_do = tl.load(do + base * V + (r[:, None] * V + o_v[None, :]), mask=m_t[:, None] & m_v[None, :], other=0)
+    b_dv += tl.dot(b_At.to(b_do.dtype), b_do, input_precision=DOT_PREC)
+    tl.store(dv + base * V + (r[:, None] * V + o_v[None, :]), b_dv.to(dv.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
+
+
+@triton.autotune(configs=configs(DQK_CHOICES), key=KEY)
+@triton.jit(do_not_specialize=["T", "n_rows"])
+def _bwd_dqk_kernel(
+    q, k, v, gc, h, do, dh, dq, dk, dg, cu_seqlens, chunk_indices, T, scale, n_rows,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_G: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """dQ = scale exp(gamma) dO h[c]^T + (scale dO V^T * Gamma) K;
+    dK = exp(gamma_C - gamma) V dh[c]^T + (scale dO V^T * Gamma)^T Q;
+    dg[i_k] = this K tile's share of the gate gradient, d(loss)/d(gamma) reverse-summed inside the chunk.
+
+    Two passes over V keep few accumulators live: first the score gradients dA = dO V^T and
+    dA^T = V dO^T (computed as such, never by transposing a dot result: see _bwd_dv_kernel), whose
+    products with K and Q start dQ and dK; then the state terms, with the gates folded into the rows
+    of dO and V.
+    """
+    i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos, T, i_t, i_c = chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
+    o_t = i_t * BT + tl.arange(0, BT)
+    m_t = o_t < T
+    base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    p_h = h + (i_c * H + i_h) * K * V
+    p_dh = dh + (i_c * H + i_h) * K * V
+
+    b_dA = tl.zeros([BT, BT], dtype=tl.float32)  # b_dA[r, j] = do_r . v_j
+    b_dAt = tl.zeros([BT, BT], dtype=tl.float32)  # b_dAt[j, r] = v_j . do_r
+    for i_v in tl.static_range(0, (V + BV - 1) // BV):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_tv = m_t[:, None] & (o_v[None, :] < V)
+        m_vt = (o_v[:, None] < V) & m_t[None, :]
+        b_do = tl.load(do + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0)  # [BT, BV]
+        b_v = tl.load(v + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0)  # [BT, BV]
+        b_dot = tl.load(do + base * V + (r[None, :] * V + o_v[:, None]), mask=m_vt, other=0)  # [BV, BT]
+        b_vt = tl.load(v + base * V + (r[None, :] * V + o_v[:, None]), mask=m_vt, other=0)  # [BV, BT]
+        b_dA += tl.dot(b_do, b_vt, input_precision=DOT_PREC)
+        b_dAt += tl.dot(b_v, b_dot, input_precision=DOT_PREC)
+    causal = o_t[:, None] >= o_t[None, :]
+    anticausal = o_t[:, None] <= o_t[None, :]
+    if USE_G:
+        last = tl.minimum(i_t * BT + BT, T) - 1
+        b_g_last = tl.load(gc + (bos + last) * H + i_h)
+        b_g = tl.load(gc + base + r, mask=m_t, other=0)
+        b_dA *= tl.exp2(tl.where(causal, b_g[:, None] - b_g[None, :], float("-inf")))
+        b_dAt *= tl.exp2(tl.where(anticausal, b_g[None, :] - b_g[:, None], float("-inf")))
+        do_scale = tl.exp2(b_g) * scale  # [BT], rows of dO in the state term of dQ
+        v_scale = tl.exp2(b_g_last - b_g)  # [BT], rows of V in the state term of dK
+    else:
+        do_scale = tl.full([BT], scale, dtype=tl.float32)
+        v_scale = tl.full([BT], 1.0, dtype=tl.float32)
+    b_q = tl.load(q + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0)  # [BT, BK]
+    b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0)  # [BT, BK]
+    if USE_G:
+        # d(loss)/d(gamma_r) from the scores, in fp32: M = dP * A with A = scale Q K^T * Gamma (this
+        # K tile's share), entering row r positively and column r negatively
+        b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)
+        b_M = b_dA * tl.dot(b_q, b_kt, input_precision=DOT_PREC) * scale
+        b_dg = tl.sum(b_M, axis=1) - tl.sum(b_M, axis=0)
+    b_dq = tl.dot(tl.where(causal, b_dA * scale, 0).to(b_k.dtype), b_k, input_precision=DOT_PREC)
+    b_dk = tl.dot(tl.where(anticausal, b_dAt * scale, 0).to(b_q.dtype), b_q, input_precision=DOT_PREC)
+    if USE_G:
+        b_qdq = tl.sum(b_q.to(tl.float32) * b_dq, axis=1)  # the score parts, subtracted below
+        b_kdk = tl.sum(b_k.to(tl.float32) * b_dk, axis=1)
+        b_hdh = tl.zeros([1], dtype=tl.float32)
+
+    for i_v in tl.static_range(0, (V + BV - 1) // BV):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_tv = m_t[:, None] & (o_v[None, :] < V)
+        m_vk = (o_v[:, None] < V) & m_k[None, :]
+        b_do = tl.load(do + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0)  # [BT, BV]
+        b_v = tl.load(v + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0)  # [BT, BV]
+        b_ht = tl.load(p_h + o_k[None, :] * V + o_v[:, None], mask=m_vk, other=0)  # [BV, BK]
+        b_dht = tl.load(p_dh + o_k[None, :] * V + o_v[:, None], mask=m_vk, other=0)  # [BV, BK]
+        b_dq += tl.dot((b_do * do_scale[:, None]).to(b_do.dtype), b_ht, input_precision=DOT_PREC)
+        b_dk += tl.dot((b_v * v_scale[:, None]).to(b_v.dtype), b_dht, input_precision=DOT_PREC)
+        if USE_G:
+            b_hdh += tl.sum(b_ht.to(tl.float32) * b_dht.to(tl.float32))
+    tl.store(dq + base * K + (r[:, None] * K + o_k[None, :]), b_dq.to(dq.dtype.element_ty), mask=m_tk)
+    tl.store(dk + base * K + (r[:, None] * K + o_k[None, :]), b_dk.to(dk.dtype.element_ty), mask=m_tk)
+    if USE_G:
+        # state parts: the read of h[c] (q . dq) and the writes to the next state (- k . dk) per row,
+        # and at the chunk's last row the chunk's total decay of h[c] and of every write
+        b_qdq = tl.sum(b_q.to(tl.float32) * b_dq, axis=1) - b_qdq
+        b_kdk = tl.sum(b_k.to(tl.float32) * b_dk, axis=1) - b_kdk
+        b_dg += b_qdq - b_kdk
+        b_dg_last = tl.sum(b_hdh) * tl.exp2(b_g_last) + tl.sum(b_kdk)
+        b_dg += tl.where(o_t == last, b_dg_last, 0)
+        b_dg = tl.cumsum(b_dg, axis=0, reverse=True)  # gamma is a chunk-local cumsum of g
+        tl.store(dg + (i_k.to(tl.int64) * n_rows + base) + r, b_dg, mask=m_t)
+
+
+AUTOTUNED = {  # every autotuned kernel with all its config choices (the GPU tests try each one)
+    _fwd_h_kernel: STATE_CHOICES,
+    _bwd_dh_kernel: STATE_CHOICES,
+    _fwd_o_kernel: TILE_CHOICES,
+    _bwd_dv_kernel: TILE_CHOICES,
+    _bwd_dqk_kernel: DQK_CHOICES,
+}
+
+
+# --- launchers ---------------------------------------------------------------------------------------
+
+
+def _block(dim: int, cap: int) -> int:
+    """Tile width for a head dimension: the next power of two (at least 16, the smallest dot), at most `cap`."""
+    return min(max(triton.next_power_of_2(dim), 16), cap)
+
+
+def _common(q: Tensor, v: Tensor, layout: ChunkLayout) -> dict:
+    B, T, H, K = q.shape
+    return dict(
+        H=H, K=K, V=v.shape[-1], BT=CHUNK_SIZE, IS_VARLEN=layout.cu_seqlens is not None,
+        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+    )
+
+
+def _tile_grid(n_tiles: int, q: Tensor, layout: ChunkLayout) -> tuple[int, int, int]:
+    B, _, H, _ = q.shape
+    return (n_tiles, layout.n_chunks, (B if layout.cu_seqlens is None else 1) * H)
+
+
+def _state_pass(
+    k: Tensor, v: Tensor, gc: Tensor | None, h0: Tensor | None, layout: ChunkLayout, output_final_state: bool
+) -> tuple[Tensor, Tensor | None]:
+    """States entering every chunk [total_chunks, H, K, V] (input dtype) and the final states [N, H, K, V] (fp32)."""
+    _, T, H, K = k.shape
+    V = v.shape[-1]
+    h = k.new_empty(layout.total_chunks, H, K, V)
+    ht = k.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if output_final_state else None
+    BK, BV = _block(K, 64), _block(V, 64)
+    _fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), layout.n_seqs * H)](
+        k, v, gc, h, h0, ht, layout.cu_seqlens, layout.chunk_offsets, T,
+        BK=BK, BV=BV, USE_G=gc is not None, USE_H0=h0 is not None, STORE_HT=output_final_state, **_common(k, v, layout),
+    )
+    return h, ht
+
+
+def _forward(q, k, v, gc, scale, h0, layout, output_final_state):
+    h, ht = _state_pass(k, v, gc, h0, layout, output_final_state)
+    o = torch.empty_like(v)
+    K, V = q.shape[-1], v.shape[-1]
+    BK, BV = _block(K, 128), _block(V, 128)
+    _fwd_o_kernel[_tile_grid(triton.cdiv(V, BV), q, layout)](
+        q, k, v, gc, h, o, layout.cu_seqlens, layout.chunk_indices, q.shape[1], scale,
+        BK=BK, BV=BV, USE_G=gc is not None, **_common(q, v, layout),
+    )
+    return o, ht
+
+
+def _backward(q, k, v, gc, scale, h0, layout, do, dht, need_dh0):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    common = _common(q, v, layout)
+    h, _ = _state_pass(k, v, gc, h0, layout, False)
+
+    dh = q.new_empty(layout.total_chunks, H, K, V)
+    dh0 = q.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if need_dh0 else None
+    BK, BV = _block(K, 64), _block(V, 64)
+    _bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), layout.n_seqs * H)](
+        q, do, gc, dh, dht, dh0, layout.cu_seqlens, layout.chunk_offsets, T, scale,
+        BK=BK, BV=BV, USE_G=gc is not None, USE_DHT=dht is not None, STORE_DH0=need_dh0, **common,
+    )
+
+    dv = torch.empty_like(v)
+    BK, BV = _block(K, 128), _block(V, 128)
+    _bwd_dv_kernel[_tile_grid(triton.cdiv(V, BV), q, layout)](
+        q, k, gc, do, dh, dv, layout.cu_seqlens, layout.chunk_indices, T, scale,
+        BK=BK, BV=BV, USE_G=gc is not None, **common,
+    )
+
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    BK, BV = _block(K, 128), _block(V, 64)
+    NK = triton.cdiv(K, BK)
+    dg = q.new_empty(NK, B, T, H, dtype=torch.float32) if gc is not None else None
+    _bwd_dqk_kernel[_tile_grid(NK, q, layout)](
+        q, k, v, gc, h, do, dh, dq, dk, dg, layout.cu_seqlens, layout.chunk_indices, T, scale, B * T * H,
+        BK=BK, BV=BV, USE_G=gc is not None, **common,
+    )
+    return dq, dk, dv, (None if dg is None else dg.sum(0)), dh0
+
+
+class ChunkLinearRecurrence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, g, scale, initial_state, output_final_state, cu_seqlens):
+        layout = chunk_layout(q.shape[0], q.shape[1], CHUNK_SIZE, cu_seqlens)
+        gc = None if g is None else chunk_local_cumsum(g, layout, CHUNK_SIZE, scale=LOG2E)
+        h0 = None if initial_state is None else initial_state.float().contiguous()
+        o, ht = _forward(q, k, v, gc, scale, h0, layout, output_final_state)
+        ctx.save_for_backward(q, k, v, gc, h0)
+        ctx.layout, ctx.scale, ctx.g_dtype, ctx.state_dtype = layout, scale, None if g is None else g.dtype, (
+            None if initial_state is None else initial_state.dtype
+        )
+        ctx.set_materialize_grads(False)
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, gc, h0 = ctx.saved_tensors
+        layout = ctx.layout
+        if do is None:
+            do = torch.zeros_like(v)
+        dht = None if dht is None else dht.float().contiguous()
+        dq, dk, dv, dG, dh0 = _backward(
+            q, k, v, gc, ctx.scale, h0, layout, do.contiguous(), dht, need_dh0=h0 is not None and ctx.needs_input_grad[5]
+        )
+        dg = None if dG is None or not ctx.needs_input_grad[3] else dG.to(ctx.g_dtype)
+        dh0 = None if dh0 is None else dh0.to(ctx.state_dtype)
+        return dq, dk, dv, dg, None, dh0, None, None
+
+
+def chunk_linear_recurrence(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor | None = None,
+    *,
+    scale: float | None = None,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """S_t = exp(g_t) S_{t-1} + k_t v_t^T and o_t = S_t^T (scale q_t), read after the update, on the GPU.
+
+    q, k: (B, T, H, K); v: (B, T, H, V), float32, bfloat16 or float16, K, V <= 256; g: log decay
+    <= 0 of shape (B, T, H) (one per head), or None for no decay; scale defaults to K ** -0.5.
+    initial_state: (N, H, K, V); cu_seqlens: int32/int64 (N + 1,) offsets of N sequences packed
+    into B = 1 (chunks never cross a boundary; each has its own initial and final state).
+    Returns o (B, T, H, V) in the input dtype and the final state (N, H, K, V) in float32 or None.
+    Differentiable in q, k, v, g and initial_state. A decay per key channel (B, T, H, K) is not
+    handled here: callers fall back to the PyTorch chunk form for it.
+    """
+    _check(q, k, v, g, initial_state, cu_seqlens)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    q, k, v = (x.contiguous() for x in (q, k, v))
+    return ChunkLinearRecurrence.apply(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)
+
+
+def supports(q: Tensor, v: Tensor, g: Tensor | None) -> bool:
+    """Whether these kernels take the inputs (otherwise use the PyTorch chunk form): float32 or 16-bit
+    inputs, head dims K, V <= MAX_HEAD_DIM, and no decay or one decay per (token, head)."""
+    return q.dtype in DTYPES and max(q.shape[-1], v.shape[-1]) <= MAX_HEAD_DIM and (g is None or g.dim() == 3)
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, initial_state: Tensor | None, cu_seqlens: Tensor | None) -> None:
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"q, k must be (B, T, H, K) and v (B, T, H, V) with the same B, T, H; got {q.shape}, {k.shape}, {v.shape}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in DTYPES:
+        raise TypeError(f"q, k, v must share one dtype among {DTYPES}, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
+        raise ValueError(f"head dims above {MAX_HEAD_DIM} are not supported by the Triton kernel, got K={q.shape[-1]}, V={v.shape[-1]}")
+    if g is not None and g.shape != q.shape[:3]:
+        raise ValueError(
+            f"the Triton kernel takes g of shape (B, T, H) = {tuple(q.shape[:3])} (one decay per head), got {tuple(g.shape)}; "
+            "use the PyTorch chunk implementation for a decay per key channel"
+        )
+    if q.shape[1] == 0:
+        raise ValueError("the sequence length T is 0; pass at least one token")
+    if cu_seqlens is not None and q.shape[0] != 1:
+        raise ValueError(f"with cu_seqlens the sequences must be packed into batch size 1, got batch size {q.shape[0]}")
+    n = q.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
+    expected = (n, q.shape[2], q.shape[3], v.shape[3])
+    if initial_state is not None and tuple(initial_state.shape) != expected:
+        raise ValueError(f"initial_state must have shape (N, H, K, V) = {expected}, got {tuple(initial_state.shape)}")

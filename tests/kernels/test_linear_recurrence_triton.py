@@ -1,0 +1,164 @@
+"""Triton linear recurrence against the chunked PyTorch form: outputs, final states, every gradient.
+
+On CPU the kernels run through Triton's interpreter in a subprocess (TRITON_INTERPRET=1 must be set
+before Triton is imported, and must not leak into other tests of this worker). On CUDA (`-m gpu`)
+they run compiled, at full sizes, including awkward lengths, head dims that are not powers of two,
+packed sequences, every autotune config and 64-bit offsets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.kernels.cases import INTERPRETER_CASES, Case, compare, rel_rms
+
+ROOT = Path(__file__).resolve().parents[2]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs a CUDA device and Triton")
+# relative RMS error allowed for (outputs and states, gradients)
+TOLERANCE = {"float64": (1e-10, 1e-10), "float32": (1e-4, 1e-4), "float16": (5e-3, 1e-2), "bfloat16": (5e-3, 1e-2)}
+
+
+def check(case: Case, errors: dict[str, float]) -> None:
+    tol_out, tol_grad = TOLERANCE[case.dtype]
+    bad = {name: err for name, err in errors.items() if not err <= (tol_out if name in ("o", "state") else tol_grad)}
+    assert not bad, f"{case.name}: relative RMS errors above ({tol_out}, {tol_grad}): {bad}; all: {errors}"
+
+
+# --- CPU: the interpreter, in a subprocess -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def interpreter_results() -> dict[str, dict[str, float]]:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.kernels.cases"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, f"interpreter run failed:\n{run.stdout}\n{run.stderr[-5000:]}"
+    results = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    return {r["case"]: r["errors"] for r in results}
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+@pytest.mark.xdist_group("triton_interpreter")  # one subprocess per module, not one per worker
+@pytest.mark.parametrize("case", INTERPRETER_CASES, ids=lambda c: c.name)
+def test_interpreter_matches_chunk_form(case: Case, interpreter_results: dict[str, dict[str, float]]) -> None:
+    assert case.name in interpreter_results, f"no result for {case.name}; got {sorted(interpreter_results)}"
+    check(case, interpreter_results[case.name])
+
+
+# --- GPU: compiled kernels at full sizes -------------------------------------------------------------
+
+BF16 = "bfloat16"
+SWEEP = [Case(T=T, K=D, V=D, B=2, H=4, dtype=BF16, seed=T + D) for T in (1, 63, 64, 65, 1000, 4096) for D in (64, 100, 128)]
+LENGTHS = (1, 63, 1, 935, 0, 1345, 64, 1687)  # an empty sequence, single tokens, exact chunks
+GPU_CASES = [
+    Case(T=65, K=128, V=128, B=2, H=4, dtype=BF16, gate="none", state=False),
+    Case(T=4096, K=128, V=128, B=2, H=4, dtype=BF16, gate="none", state=False, seed=1),
+    Case(T=1000, K=64, V=64, B=2, H=4, dtype="float32", seed=2),
+    Case(T=1000, K=100, V=100, B=2, H=4, dtype="float32", gate="none", seed=3),
+    Case(T=1000, K=128, V=128, B=2, H=4, dtype="float16", seed=4),
+    Case(T=1000, K=256, V=256, B=1, H=2, dtype=BF16, seed=5),  # the largest head dim: several K and V tiles
+    Case(T=300, K=64, V=200, B=2, H=4, dtype=BF16, seed=6),
+    Case(lengths=LENGTHS, K=128, V=128, H=4, dtype=BF16, seed=7),
+    Case(lengths=LENGTHS, K=100, V=100, H=4, dtype="float32", gate="none", seed=8),
+    Case(T=300, K=64, V=64, B=2, H=4, dtype=BF16, loss="state", seed=9),
+    Case(T=300, K=64, V=64, B=2, H=4, dtype=BF16, loss="output", state=False, seed=10),
+    Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, via_core=True, seed=11),
+    Case(lengths=LENGTHS, K=64, V=64, H=4, dtype=BF16, via_core=True, seed=12),
+    Case(T=200, K=64, V=64, B=2, H=4, dtype=BF16, gate="vector", via_core=True, seed=13),  # falls back to chunk
+    Case(T=200, K=64, V=64, B=2, H=4, dtype="float64", via_core=True, seed=14),  # falls back to chunk
+]
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("case", SWEEP + GPU_CASES, ids=lambda c: c.name)
+def test_gpu_matches_chunk_form(case: Case) -> None:
+    check(case, compare(case, "cuda").errors)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_dispatch_prefers_triton_on_cuda() -> None:
+    from core.ops import dispatch
+
+    assert dispatch.implementations("linear_recurrence", torch.device("cuda"))[0] == "triton"
+    assert dispatch.implementations("linear_recurrence", torch.device("cpu"))[0] == "chunk"
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_no_recompilation_when_only_T_changes() -> None:
+    from kernels.linear_recurrence.chunk import AUTOTUNED
+
+    def compiled() -> int:
+        return sum(len(cache[0]) for kernel in AUTOTUNED for cache in kernel.fn.device_caches.values())
+
+    compare(Case(T=100, K=64, V=64, B=2, H=2, dtype=BF16), "cuda")
+    before = compiled()
+    for T in (1, 63, 64, 1000, 4097):
+        check(Case(T=T, K=64, V=64, B=2, H=2, dtype=BF16), compare(Case(T=T, K=64, V=64, B=2, H=2, dtype=BF16), "cuda").errors)
+    assert compiled() == before, "a new sequence length compiled new kernels: T must stay a run-time argument"
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("index", range(4))
+def test_gpu_every_autotune_config(index: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each (num_warps, num_stages) choice the autotuner may pick gives correct results (Hopper miscompiles some)."""
+    from kernels.linear_recurrence.chunk import AUTOTUNED
+
+    for kernel, choices in AUTOTUNED.items():
+        monkeypatch.setattr(kernel, "configs", [choices[index % len(choices)]])
+        monkeypatch.setattr(kernel, "cache", {})
+    for case in (Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, seed=20), Case(T=500, K=100, V=100, B=2, H=4, dtype="float32", seed=21)):
+        check(case, compare(case, "cuda").errors)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_64bit_offsets() -> None:
+    """T = 131072 with H * K large enough that offsets pass 2**31 elements.
+
+    Keys are zero before the last `tail` tokens, so the state there is zero and the tail must equal
+    a separate run of the chunk form on the tail alone; the tail sits at the largest offsets.
+    """
+    from kernels.linear_recurrence import chunk_linear_recurrence
+
+    T, H, D, tail = 131072, 132, 128, 2048
+    assert T * H * D > 2**31
+    free, _ = torch.cuda.mem_get_info()
+    if free < 60 * 2**30:
+        pytest.skip(f"needs about 60 GiB of free GPU memory, {free / 2**30:.0f} GiB free")
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, T, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    k[:, :-tail] = 0
+    g = torch.nn.functional.logsigmoid(torch.randn(1, T, H, device="cuda") + 3)
+    leaves = [x.requires_grad_() for x in (q, k, v, g)]
+    o, state = chunk_linear_recurrence(q, k, v, g, output_final_state=True)
+    w_o = torch.randn(1, tail, H, D, device="cuda")
+    w_s = torch.randn_like(state)
+    grads = torch.autograd.grad((o[:, -tail:].float() * w_o).sum() + (state * w_s).sum(), leaves)
+    assert o[:, :-tail].abs().max().item() == 0
+    tail_o, tail_grads = o[:, -tail:], [x[:, -tail:] for x in grads]
+    del o, grads, leaves
+    torch.cuda.empty_cache()
+
+    from core.ops import linear_recurrence
+
+    ref = [x[:, -tail:].detach().double().requires_grad_() for x in (q, k, v, g)]
+    ref_o, ref_state = linear_recurrence(*ref, output_final_state=True, impl="chunk")
+    ref_grads = torch.autograd.grad((ref_o * w_o.double()).sum() + (ref_state * w_s.double()).sum(), ref)
+    errors = {"o": rel_rms(tail_o, ref_o), "state": rel_rms(state, ref_state)}
+    errors.update({f"d{n}": rel_rms(a, b) for n, a, b in zip("qkvg", tail_grads, ref_grads)})
+    check(dataclasses.replace(Case(), dtype=BF16), errors)
