@@ -63,14 +63,18 @@ def train(cfg: DictConfig, app: App) -> dict[str, float]:
     datamodule.setup()
     task = app.build_task(cfg, datamodule)
     trainer = build_trainer(cfg)
+    fit_started = time.perf_counter()
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    fit_seconds = time.perf_counter() - fit_started
+    epochs = max(trainer.current_epoch, 1)  # after a resume this includes the epochs before it
     csv_log = csv_log_file(trainer)  # read before testing: with ddp_spawn, testing starts a new log
     if trainer.is_global_zero and csv_log is not None:
         plot_loss_curves(csv_log, output_dir / "loss_curves.png")
     checkpoint = best_checkpoint(trainer)
     metrics = trainer.test(task, datamodule=datamodule, ckpt_path=checkpoint)[0]
     if trainer.is_global_zero:
-        write_metrics(output_dir, metrics, **run_info(cfg, started, checkpoint=checkpoint, resumed_from=cfg.ckpt_path))
+        timing = {"epochs": trainer.current_epoch, "seconds_per_epoch": round(fit_seconds / epochs, 2)}
+        write_metrics(output_dir, metrics, **run_info(cfg, started, checkpoint=checkpoint, resumed_from=cfg.ckpt_path, **timing))
         log.info("run directory: %s", output_dir)
     return metrics
 
