@@ -84,7 +84,7 @@ def roofline(B: int, T: int, H: int, K: int, V: int, ceiling: dict) -> dict:
     bwd_impl = bwd_min + 3 * h + 2 * h + 3 * qkv  # h again (write + read), dh (write + 2 reads), q, k, v, do re-read
     ckv, cck, ccv = 2 * C * K * V, 2 * C * C * K, 2 * C * C * V
     fwd_flops = chunks * (2 * ckv + cck + ccv)  # state update, Q h, Q K^T, A V
-    bwd_flops = chunks * (5 * ckv + 3 * cck + 3 * ccv)  # h again, dh, K dh, dO h^T, V dh^T; K Q^T, dA K, dA^T Q; A^T dO, dA, dA^T
+    bwd_flops = chunks * (5 * ckv + 4 * cck + 3 * ccv)  # h again, dh, K dh, dO h^T, V dh^T; K Q^T, Q K^T, dA K, dA^T Q; A^T dO, dA, dA^T
     bw, rate = ceiling["copy_bytes_per_s"], ceiling["bf16_matmul_flops_per_s"]
     return {
         "fwd_bytes_min": fwd_min, "fwd_bytes_impl": fwd_impl, "fwd_flops": fwd_flops,

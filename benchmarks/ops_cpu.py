@@ -116,25 +116,25 @@ CASES.append(Case("linear_scan", "real, D=256", linear_scan, linear_scan_inputs)
 CASES.append(Case("log_linear_scan", "minGRU, D=256", log_linear_scan, log_linear_scan_inputs))
 
 
-def median_ms(fns: dict[str, Callable[[], object]]) -> dict[str, float]:
-    """Median wall time of each callable, run in turns so that a change in machine load hits all alike."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
+def median_ms(fn: Callable[[], object]) -> float:
+    """Median wall time of `fn` over REPEATS runs after a warm-up run."""
+    fn()
+    times = []
     for _ in range(REPEATS):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
 
 
 @torch.no_grad()
 def measure(case: Case) -> dict[str, object]:
     inputs = case.make_inputs(torch.Generator().manual_seed(0))
-    outputs = {impl: case.fn(**inputs, impl=impl)[0] for impl in IMPLS}  # also the warm-up
+    outputs = {impl: case.fn(**inputs, impl=impl)[0] for impl in IMPLS}
     error = ((outputs["chunk"] - outputs["naive"]).norm() / outputs["naive"].norm()).item()
     if not error < MAX_RELATIVE_ERROR:
         raise AssertionError(f"{case.op}/{case.name}: chunk differs from naive by {error:.2e} (relative)")
-    ms = median_ms({impl: partial(case.fn, **inputs, impl=impl) for impl in IMPLS})
+    ms = {impl: median_ms(partial(case.fn, **inputs, impl=impl)) for impl in IMPLS}
     return dict(op=case.op, case=case.name, naive_ms=ms["naive"], chunk_ms=ms["chunk"],
                 speedup=ms["naive"] / ms["chunk"], relative_error=error)
 

@@ -1,9 +1,7 @@
 """Launch settings shared by the kernels: interpreter detection and autotune config lists."""
 
-import functools
 import os
 
-import torch
 import triton
 
 
@@ -15,11 +13,6 @@ def interpreting() -> bool:
 def autotuning() -> bool:
     """Autotune unless interpreting or SEQMIX_TRITON_AUTOTUNE=0 (then the first config of each list is used)."""
     return not interpreting() and os.environ.get("SEQMIX_TRITON_AUTOTUNE", "1") != "0"
-
-
-@functools.cache
-def is_hopper() -> bool:
-    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 
 
 def all_configs(warps: tuple[int, ...], stages: tuple[int, ...]) -> list[triton.Config]:

@@ -312,9 +312,8 @@ def _block(dim: int, cap: int) -> int:
 
 
 def _common(q: Tensor, v: Tensor, layout: ChunkLayout) -> dict:
-    B, T, H, K = q.shape
     return dict(
-        H=H, K=K, V=v.shape[-1], BT=CHUNK_SIZE, IS_VARLEN=layout.cu_seqlens is not None,
+        H=q.shape[2], K=q.shape[3], V=v.shape[-1], BT=CHUNK_SIZE, IS_VARLEN=layout.cu_seqlens is not None,
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
     )
 

@@ -8,7 +8,6 @@ packed sequences, every autotune config and 64-bit offsets.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import os
@@ -61,22 +60,23 @@ def test_interpreter_matches_chunk_form(case: Case, interpreter_results: dict[st
 BF16 = "bfloat16"
 SWEEP = [Case(T=T, K=D, V=D, B=2, H=4, dtype=BF16, seed=T + D) for T in (1, 63, 64, 65, 1000, 4096) for D in (64, 100, 128)]
 LENGTHS = (1, 63, 1, 935, 0, 1345, 64, 1687)  # an empty sequence, single tokens, exact chunks
+# No float32 case at a padded head dim (K=100): its exact-fp32 backward takes over 15 minutes to compile
+# with Triton 3.6 on an H100, and core sends float32 inputs to the chunk form anyway.
 GPU_CASES = [
     Case(T=65, K=128, V=128, B=2, H=4, dtype=BF16, gate="none", state=False),
     Case(T=4096, K=128, V=128, B=2, H=4, dtype=BF16, gate="none", state=False, seed=1),
     Case(T=1000, K=64, V=64, B=2, H=4, dtype="float32", seed=2),
-    Case(T=1000, K=100, V=100, B=2, H=4, dtype="float32", gate="none", seed=3),
     Case(T=1000, K=128, V=128, B=2, H=4, dtype="float16", seed=4),
     Case(T=1000, K=256, V=256, B=1, H=2, dtype=BF16, seed=5),  # the largest head dim: several K and V tiles
     Case(T=300, K=64, V=200, B=2, H=4, dtype=BF16, seed=6),
     Case(lengths=LENGTHS, K=128, V=128, H=4, dtype=BF16, seed=7),
-    Case(lengths=LENGTHS, K=100, V=100, H=4, dtype="float32", gate="none", seed=8),
     Case(T=300, K=64, V=64, B=2, H=4, dtype=BF16, loss="state", seed=9),
     Case(T=300, K=64, V=64, B=2, H=4, dtype=BF16, loss="output", state=False, seed=10),
     Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, via_core=True, seed=11),
     Case(lengths=LENGTHS, K=64, V=64, H=4, dtype=BF16, via_core=True, seed=12),
     Case(T=200, K=64, V=64, B=2, H=4, dtype=BF16, gate="vector", via_core=True, seed=13),  # falls back to chunk
     Case(T=200, K=64, V=64, B=2, H=4, dtype="float64", via_core=True, seed=14),  # falls back to chunk
+    Case(T=200, K=100, V=100, B=2, H=4, dtype="float32", via_core=True, seed=15),  # falls back to chunk
 ]
 
 
@@ -115,13 +115,17 @@ def test_gpu_no_recompilation_when_only_T_changes() -> None:
 @needs_cuda
 @pytest.mark.parametrize("index", range(4))
 def test_gpu_every_autotune_config(index: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each (num_warps, num_stages) choice the autotuner may pick gives correct results (Hopper miscompiles some)."""
+    """Each (num_warps, num_stages) choice the autotuner may pick gives correct results (Hopper miscompiles some).
+
+    16-bit inputs only: they take the tensor-core (wgmma) paths where the miscompilations live; float32
+    runs exact fp32 dots, whose backward kernel compiles for minutes per config at head dims above 64.
+    """
     from kernels.linear_recurrence.chunk import AUTOTUNED
 
     for kernel, choices in AUTOTUNED.items():
         monkeypatch.setattr(kernel, "configs", [choices[index % len(choices)]])
         monkeypatch.setattr(kernel, "cache", {})
-    for case in (Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, seed=20), Case(T=500, K=100, V=100, B=2, H=4, dtype="float32", seed=21)):
+    for case in (Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, seed=20), Case(lengths=LENGTHS, K=100, V=100, H=4, dtype=BF16, seed=21)):
         check(case, compare(case, "cuda").errors)
 
 
@@ -161,4 +165,4 @@ def test_gpu_64bit_offsets() -> None:
     ref_grads = torch.autograd.grad((ref_o * w_o.double()).sum() + (ref_state * w_s.double()).sum(), ref)
     errors = {"o": rel_rms(tail_o, ref_o), "state": rel_rms(state, ref_state)}
     errors.update({f"d{n}": rel_rms(a, b) for n, a, b in zip("qkvg", tail_grads, ref_grads)})
-    check(dataclasses.replace(Case(), dtype=BF16), errors)
+    check(Case(T=T, K=D, V=D, B=1, H=H, dtype=BF16), errors)

@@ -3,6 +3,9 @@
 Used on CUDA devices when Triton is installed. `kernels` (and so Triton) is imported on first use,
 never when `core` is imported. Inputs the kernels do not take (a decay per key channel, float64,
 head dims above 256) go to the PyTorch chunk form instead, so impl=None never fails for them.
+So do float32 inputs: the kernels take them (exact fp32 dots on CUDA cores), but the backward
+kernel then compiles for many minutes at head dims above 64, while the chunk form runs float32
+matmuls through cuBLAS. bfloat16 and float16 go to the kernels.
 """
 
 import importlib.util
@@ -32,6 +35,6 @@ def triton_linear_recurrence(
     """Same contract as `chunk_linear_recurrence`; delegates to it for inputs the kernels do not take."""
     from kernels.linear_recurrence import chunk_linear_recurrence as kernel, supports
 
-    if not supports(q, v, g):
+    if not supports(q, v, g) or q.dtype == torch.float32:
         return chunk_linear_recurrence(q, k, v, g, scale, initial_state, output_final_state)
     return kernel(q, k, v, g, scale=scale, initial_state=initial_state, output_final_state=output_final_state)
