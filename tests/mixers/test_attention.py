@@ -9,6 +9,7 @@ import torch
 import core
 from core.mixers.attention import AttentionMixer, KVCache
 from core.rotary import apply_rotary
+from tests.mixers.helpers import assert_close, randn, run_in_pieces
 
 D_MODEL = 32
 CONFIGS = {
@@ -29,10 +30,6 @@ def make(d_model: int = D_MODEL, dtype: torch.dtype = torch.float64, seed: int =
         for proj in (mixer.q_proj, mixer.k_proj, mixer.v_proj, mixer.out_proj):
             torch.nn.init.normal_(proj.bias)
     return mixer
-
-
-def randn(*shape: int, dtype: torch.dtype = torch.float64, seed: int = 1) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 def rope_reference(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
@@ -61,19 +58,6 @@ def reference(mixer: AttentionMixer, x: torch.Tensor) -> torch.Tensor:
         allowed &= distance.abs() < mixer.window
     y = torch.einsum("hts,shd->thd", scores.masked_fill(~allowed, -math.inf).softmax(-1), v)
     return mixer.out_proj(y.reshape(T, H * D))
-
-
-def run_in_pieces(mixer: AttentionMixer, x: torch.Tensor, cuts: list[int]) -> tuple[torch.Tensor, KVCache]:
-    outputs, state, start = [], None, 0
-    for stop in cuts + [x.shape[1]]:
-        y, state = mixer(x[:, start:stop], state)
-        outputs.append(y)
-        start = stop
-    return torch.cat(outputs, dim=1), state
-
-
-def assert_close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-10) -> None:
-    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("T", [1, 63, 64, 65])

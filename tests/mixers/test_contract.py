@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import core
+from tests.mixers.helpers import assert_close, randn, run_in_pieces
 
 D_MODEL = 64
 MIXERS = core.available_mixers()
@@ -13,23 +14,6 @@ MIXERS = core.available_mixers()
 def make(name: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> core.Mixer:
     torch.manual_seed(seed)
     return core.build_mixer(name, D_MODEL).to(dtype).eval()
-
-
-def randn(*shape: int, dtype: torch.dtype = torch.float64, seed: int = 1) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def run_in_pieces(mixer: core.Mixer, x: torch.Tensor, cuts: list[int]) -> torch.Tensor:
-    outputs, state, start = [], None, 0
-    for stop in cuts + [x.shape[1]]:
-        y, state = mixer(x[:, start:stop], state)
-        outputs.append(y)
-        start = stop
-    return torch.cat(outputs, dim=1)
-
-
-def assert_close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-9) -> None:
-    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
 def test_registry_lists_the_foundation_mixers() -> None:
@@ -55,7 +39,7 @@ def test_state_passing_at_random_splits_equals_one_call(name: str) -> None:
     g = torch.Generator().manual_seed(3)
     for _ in range(3):
         cuts = sorted(torch.randperm(149, generator=g)[:3].add(1).tolist())
-        assert_close(run_in_pieces(mixer, x, cuts), y_full)
+        assert_close(run_in_pieces(mixer, x, cuts)[0], y_full)
 
 
 @pytest.mark.parametrize("name", MIXERS)
@@ -63,7 +47,7 @@ def test_token_by_token_decoding_equals_full_forward(name: str) -> None:
     mixer = make(name)
     x = randn(2, 40, D_MODEL)
     y_full, _ = mixer(x)
-    assert_close(run_in_pieces(mixer, x, list(range(1, 40))), y_full)
+    assert_close(run_in_pieces(mixer, x, list(range(1, 40)))[0], y_full)
 
 
 @pytest.mark.parametrize("name", MIXERS)
@@ -108,7 +92,7 @@ def test_long_and_awkward_lengths(name: str) -> None:
     mixer = make(name, torch.float32)
     x = randn(1, 1000, D_MODEL, dtype=torch.float32)
     y_full, _ = mixer(x)
-    torch.testing.assert_close(run_in_pieces(mixer, x, [333, 777]), y_full, rtol=2e-4, atol=2e-4)
+    torch.testing.assert_close(run_in_pieces(mixer, x, [333, 777])[0], y_full, rtol=2e-4, atol=2e-4)
 
 
 @pytest.mark.parametrize("name", MIXERS)

@@ -1,7 +1,6 @@
 """deltanet, gated_deltanet, deltaproduct, rwkv7 (and RWKV7ChannelMix): checks beyond the generic mixer contract."""
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ import core.mixers.rwkv7 as rwkv7_module
 from core.mixers.rwkv7 import RWKV7ChannelMix, RWKV7State, TokenShiftState, token_shift
 from core.registry import MixerEntry
 from core.state import RecurrentState
+from tests.mixers.helpers import assert_close, assert_states_close, randn, run_in_pieces
 
 D_MODEL = 32
 CONFIGS = {
@@ -30,34 +30,6 @@ def make(config: str, dtype: torch.dtype = torch.float64, seed: int = 0, **extra
     name, options = CONFIGS[config]
     torch.manual_seed(seed)
     return core.build_mixer(name, D_MODEL, **{**options, **extra}).to(dtype)
-
-
-def randn(*shape: int, dtype: torch.dtype = torch.float64, seed: int = 1) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def run_in_pieces(mixer: torch.nn.Module, x: torch.Tensor, cuts: list[int]) -> tuple[torch.Tensor, object]:
-    outputs, state, start = [], None, 0
-    for stop in cuts + [x.shape[1]]:
-        y, state = mixer(x[:, start:stop], state)
-        outputs.append(y)
-        start = stop
-    return torch.cat(outputs, dim=1), state
-
-
-def assert_close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-9) -> None:
-    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
-
-
-def assert_states_close(a: object, b: object, row: int | None = None, tol: float = 1e-9) -> None:
-    """Field-by-field equality of two state dataclasses (row `row` of a against all of b if given)."""
-    assert type(a) is type(b)
-    for field in dataclasses.fields(a):
-        fa, fb = getattr(a, field.name), getattr(b, field.name)
-        assert (fa is None) == (fb is None), field.name
-        if fa is not None:
-            fa = fa[row : row + 1] if row is not None else fa
-            torch.testing.assert_close(fa, fb, rtol=tol, atol=tol, msg=lambda m: f"state.{field.name}: {m}")
 
 
 @pytest.mark.parametrize("config", CONFIGS)

@@ -1,7 +1,6 @@
 """mamba, s4d, lru, rglru, mingru, hgrn: parallel against sequential forms, per-mixer properties, the griffin preset."""
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import core
 from core import presets
 from core.mixers.rglru import MAX_SQRT_GRADIENT, sqrt_bounded_derivative
 from core.state import RecurrentState
+from tests.mixers.helpers import assert_states_close, randn, run_in_pieces
 
 D_MODEL = 32
 F64 = torch.float64
@@ -29,28 +29,6 @@ def make(config: str, dtype: torch.dtype = F64, seed: int = 0, **extra: object) 
     name, options = CONFIGS[config]
     torch.manual_seed(seed)
     return core.build_mixer(name, D_MODEL, **{**options, **extra}).to(dtype)
-
-
-def randn(*shape: int, dtype: torch.dtype = F64, seed: int = 1) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def run_in_pieces(mixer: core.Mixer, x: torch.Tensor, cuts: list[int]) -> tuple[torch.Tensor, RecurrentState]:
-    outputs, state, start = [], None, 0
-    for stop in cuts + [x.shape[1]]:
-        y, state = mixer(x[:, start:stop], state)
-        outputs.append(y)
-        start = stop
-    return torch.cat(outputs, dim=1), state
-
-
-def assert_states_close(a: RecurrentState, b: RecurrentState, row: int | None = None, tol: float = 1e-9) -> None:
-    for field in dataclasses.fields(a):
-        x, y = getattr(a, field.name), getattr(b, field.name)
-        assert (x is None) == (y is None), field.name
-        if x is not None:
-            x = x[row : row + 1] if row is not None else x
-            torch.testing.assert_close(x, y, rtol=tol, atol=tol, msg=lambda m: f"state.{field.name}: {m}")
 
 
 def outputs_states_and_gradients(mixer: core.Mixer, x: torch.Tensor) -> tuple[torch.Tensor, RecurrentState, dict[str, torch.Tensor]]:

@@ -8,18 +8,14 @@ import torch.nn.functional as F
 import core
 from core import presets
 from core.mixers.hyena import causal_conv
+from tests.mixers.helpers import assert_close, randn, run_in_pieces
 
 D_MODEL = 32
-F64 = torch.float64
 
 
 def build(name: str, seed: int = 0, **options: object) -> core.Mixer:
     torch.manual_seed(seed)
     return core.build_mixer(name, D_MODEL, **options).double()
-
-
-def randn(*shape: int, seed: int = 1) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
 def randomise(mixer: core.Mixer, std: float = 0.3, seed: int = 2) -> None:
@@ -28,19 +24,6 @@ def randomise(mixer: core.Mixer, std: float = 0.3, seed: int = 2) -> None:
     with torch.no_grad():
         for p in mixer.parameters():
             p.add_(std * torch.randn(p.shape, generator=g, dtype=p.dtype))
-
-
-def run_in_pieces(mixer: core.Mixer, x: torch.Tensor, cuts: list[int]) -> torch.Tensor:
-    outputs, state, start = [], None, 0
-    for stop in cuts + [x.shape[1]]:
-        y, state = mixer(x[:, start:stop], state)
-        outputs.append(y)
-        start = stop
-    return torch.cat(outputs, dim=1)
-
-
-def assert_close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-9, msg: str = "") -> None:
-    torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=lambda m: f"{msg} {m}")
 
 
 # --- mLSTM ----------------------------------------------------------------------------------------
@@ -124,7 +107,7 @@ def test_fft_causal_conv_equals_direct_sum(L: int, out_len: int) -> None:
 def test_hyena_order_3_streams_and_counts_only_valid_tokens_toward_max_len() -> None:
     mixer = build("hyena", order=3, max_len=40)
     x = randn(2, 40, D_MODEL)
-    assert_close(run_in_pieces(mixer, x, [1, 17, 30]), mixer(x)[0])
+    assert_close(run_in_pieces(mixer, x, [1, 17, 30])[0], mixer(x)[0])
     mask = torch.ones(2, 50, dtype=torch.bool)
     mask[:, :10] = False  # 50 tokens, 40 of them valid: within max_len
     y, state = mixer(torch.cat([randn(2, 10, D_MODEL), x], dim=1), mask=mask)
@@ -158,7 +141,7 @@ def test_aaren_parallel_equals_streaming_and_explicit_attention_with_learned_que
     scores = (k * mixer.query).sum(-1) / dh**0.5  # [B, T, H], one learned query per head
     explicit = torch.stack([(torch.softmax(scores[:, : t + 1], 1)[..., None] * v[:, : t + 1]).sum(1) for t in range(70)], 1)
     assert_close(y, mixer.out_proj(explicit.flatten(-2)))
-    assert_close(run_in_pieces(mixer, x, list(range(1, 70))), y)
+    assert_close(run_in_pieces(mixer, x, list(range(1, 70)))[0], y)
     streaming = build("aaren", head_dim=8, impl="naive")
     assert_close(streaming(x)[0], y)
 
