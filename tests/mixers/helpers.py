@@ -34,3 +34,22 @@ def assert_states_close(a: Any, b: Any, row: int | None = None, tol: float = 1e-
         if fa is not None:
             fa = fa[row : row + 1] if row is not None else fa
             torch.testing.assert_close(fa, fb, rtol=tol, atol=tol, msg=lambda m: f"state.{field.name}: {m}")
+
+
+def outputs_states_and_gradients(mixer: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:
+    """(y, state, gradients of x and of every parameter) for a fixed random projection of y."""
+    x = x.clone().requires_grad_()
+    y, state = mixer(x)
+    (y * randn(*y.shape, dtype=y.dtype, seed=5)).sum().backward()
+    grads = {"x": x.grad, **{name: p.grad for name, p in mixer.named_parameters()}}
+    return y, state, grads
+
+
+def assert_same_results(a: tuple, b: tuple, tol: float = 1e-8) -> None:
+    """Two `outputs_states_and_gradients` results agree: outputs, states and every gradient."""
+    (y_a, s_a, g_a), (y_b, s_b, g_b) = a, b
+    torch.testing.assert_close(y_a, y_b, rtol=tol, atol=tol)
+    assert_states_close(s_a, s_b, tol=tol)
+    assert g_a.keys() == g_b.keys()
+    for name in g_a:
+        torch.testing.assert_close(g_a[name], g_b[name], rtol=tol, atol=tol, msg=lambda m: f"gradient of {name}: {m}")

@@ -11,7 +11,7 @@ import core.mixers.rwkv7 as rwkv7_module
 from core.mixers.rwkv7 import RWKV7ChannelMix, RWKV7State, TokenShiftState, token_shift
 from core.registry import MixerEntry
 from core.state import RecurrentState
-from tests.mixers.helpers import assert_close, assert_states_close, randn, run_in_pieces
+from tests.mixers.helpers import assert_close, assert_same_results, assert_states_close, outputs_states_and_gradients, randn, run_in_pieces
 
 D_MODEL = 32
 CONFIGS = {
@@ -35,20 +35,7 @@ def make(config: str, dtype: torch.dtype = torch.float64, seed: int = 0, **extra
 @pytest.mark.parametrize("config", CONFIGS)
 def test_chunk_equals_naive_outputs_states_and_gradients(config: str) -> None:
     x = randn(2, 70, D_MODEL)
-    results = []
-    for impl in ("naive", "chunk"):
-        mixer = make(config, impl=impl)
-        xi = x.clone().requires_grad_()
-        y, state = mixer(xi)
-        (y * randn(*y.shape, seed=5)).sum().backward()
-        grads = {n: p.grad for n, p in mixer.named_parameters()}
-        results.append((y, state, xi.grad, grads))
-    (y_n, s_n, gx_n, g_n), (y_c, s_c, gx_c, g_c) = results
-    assert_close(y_c, y_n, 1e-8)
-    assert_states_close(s_c, s_n, tol=1e-8)
-    assert_close(gx_c, gx_n, 1e-8)
-    for name in g_n:
-        torch.testing.assert_close(g_c[name], g_n[name], rtol=1e-8, atol=1e-8, msg=lambda m: f"grad of {name}: {m}")
+    assert_same_results(*[outputs_states_and_gradients(make(config, impl=impl), x) for impl in ("naive", "chunk")])
 
 
 @pytest.mark.parametrize("config", CONFIGS)

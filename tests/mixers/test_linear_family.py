@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import core
 from core.state import RecurrentState
-from tests.mixers.helpers import assert_close, assert_states_close, randn, run_in_pieces
+from tests.mixers.helpers import assert_close, assert_same_results, assert_states_close, outputs_states_and_gradients, randn, run_in_pieces
 
 D_MODEL = 32
 CONFIGS = {
@@ -56,20 +56,7 @@ def test_token_by_token_decoding_equals_full_forward(config: str) -> None:
 @pytest.mark.parametrize("config", CONFIGS)
 def test_chunk_equals_naive_outputs_states_and_gradients(config: str) -> None:
     x = randn(2, 150, D_MODEL)
-    results = []
-    for impl in ("naive", "chunk"):
-        mixer = make(config, impl=impl)
-        xi = x.clone().requires_grad_()
-        y, state = mixer(xi)
-        (y * randn(*y.shape, seed=5)).sum().backward()
-        grads = {n: p.grad for n, p in mixer.named_parameters()}
-        results.append((y, state, xi.grad, grads))
-    (y_n, s_n, gx_n, g_n), (y_c, s_c, gx_c, g_c) = results
-    assert_close(y_c, y_n, 1e-8)
-    assert_states_close(s_c, s_n, tol=1e-8)
-    assert_close(gx_c, gx_n, 1e-8)
-    for name in g_n:
-        torch.testing.assert_close(g_c[name], g_n[name], rtol=1e-8, atol=1e-8, msg=lambda m: f"grad of {name}: {m}")
+    assert_same_results(*[outputs_states_and_gradients(make(config, impl=impl), x) for impl in ("naive", "chunk")])
 
 
 @pytest.mark.parametrize("config", CONFIGS)

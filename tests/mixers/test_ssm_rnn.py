@@ -9,7 +9,7 @@ import core
 from core import presets
 from core.mixers.rglru import MAX_SQRT_GRADIENT, sqrt_bounded_derivative
 from core.state import RecurrentState
-from tests.mixers.helpers import assert_states_close, randn, run_in_pieces
+from tests.mixers.helpers import assert_same_results, assert_states_close, outputs_states_and_gradients, randn, run_in_pieces
 
 D_MODEL = 32
 F64 = torch.float64
@@ -29,23 +29,6 @@ def make(config: str, dtype: torch.dtype = F64, seed: int = 0, **extra: object) 
     name, options = CONFIGS[config]
     torch.manual_seed(seed)
     return core.build_mixer(name, D_MODEL, **{**options, **extra}).to(dtype)
-
-
-def outputs_states_and_gradients(mixer: core.Mixer, x: torch.Tensor) -> tuple[torch.Tensor, RecurrentState, dict[str, torch.Tensor]]:
-    x = x.clone().requires_grad_()
-    y, state = mixer(x)
-    (y * randn(*y.shape, seed=5)).sum().backward()
-    grads = {"x": x.grad, **{name: p.grad for name, p in mixer.named_parameters()}}
-    return y, state, grads
-
-
-def assert_same_results(a: tuple, b: tuple, tol: float = 1e-8) -> None:
-    (y_a, s_a, g_a), (y_b, s_b, g_b) = a, b
-    torch.testing.assert_close(y_a, y_b, rtol=tol, atol=tol)
-    assert_states_close(s_a, s_b, tol=tol)
-    assert g_a.keys() == g_b.keys()
-    for name in g_a:
-        torch.testing.assert_close(g_a[name], g_b[name], rtol=tol, atol=tol, msg=lambda m: f"gradient of {name}: {m}")
 
 
 @pytest.mark.parametrize("config", CONFIGS)
