@@ -1,6 +1,6 @@
 """The command line of every app: `python -m apps.<app> VERB [OVERRIDES...]`.
 
-train, eval and predict run one of `apps.common.run.VERBS` through Hydra (overrides, -m sweeps, --help,
+train, eval, predict and an app's own verbs (`App.verbs`) run through Hydra (overrides, -m sweeps, --help,
 Hydra's own error messages for typos); aggregate is `apps.common.results.main`. Before Hydra starts:
 - every mixer of `core.available_mixers()` becomes an option of the config group model/mixer, so new
   mixers need no YAML (a YAML file of the same name in an app's conf/model/mixer/ is a preset and wins);
@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import core
 from apps.common import results
-from apps.common.run import VERBS, App
+from apps.common.run import App
 from apps.common.trainer import checkpoint_overrides, find_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +67,7 @@ def resolve_checkpoint(app: App, verb: str, overrides: list[str]) -> list[str]:
     given = [item for item in overrides if override_key(item) != "ckpt_path"]
     values = [item.split("=", 1)[1] for item in overrides if override_key(item) == "ckpt_path"]
     if not values or values[-1] in ("null", ""):
-        if verb in CHECKPOINT_VERBS:
+        if verb in CHECKPOINT_VERBS or verb in app.checkpoint_verbs:
             raise SystemExit(
                 f"error: {verb} needs a checkpoint: ckpt_path=RUN_DIR, a .ckpt file, or best/last (newest run of that name)"
             )
@@ -92,14 +92,14 @@ def command_line(argv: list[str]) -> Iterator[None]:
 
 
 def run_hydra(app: App, verb: str, argv: list[str]) -> Any:
-    """Run VERBS[verb] under hydra.main with `argv` as its command line; returns the (last) job's result."""
+    """Run the app's verb under hydra.main with `argv` as its command line; returns the (last) job's result."""
     returned: list[Any] = []
     # Lightning's DDP launcher starts its other processes by re-running sys.argv: give it the verb's command line.
     rerun = [sys.argv[0], verb, *argv]
 
     def task_function(cfg: Any) -> None:
         with command_line(rerun):
-            returned.append(VERBS[verb](cfg, app))
+            returned.append(app.all_verbs()[verb](cfg, app))
 
     main_function = hydra.main(version_base="1.3", config_path=str(app.config_dir), config_name="config")(task_function)
     # config.yaml's hydra.searchpath already finds COMMON_CONF; --config-dir adds it to the initial search
@@ -120,10 +120,11 @@ def main(app: App, argv: Sequence[str] | None = None) -> Any:
     verb, rest = argv[0], argv[1:]
     if verb == "aggregate":
         return results.main(rest)
-    if verb not in VERBS:
-        close = difflib.get_close_matches(verb, [*VERBS, "aggregate"], n=1)
+    verbs = [*app.all_verbs(), "aggregate"]
+    if verb not in verbs:
+        close = difflib.get_close_matches(verb, verbs, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise SystemExit(f"error: unknown verb {verb!r}.{hint} Verbs: {', '.join([*VERBS, 'aggregate'])}; see --help")
+        raise SystemExit(f"error: unknown verb {verb!r}.{hint} Verbs: {', '.join(verbs)}; see --help")
     overrides = get_args_parser().parse_args(rest).overrides
     flags = [item for item in rest if item not in overrides]
     try:

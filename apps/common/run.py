@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +32,21 @@ class App:
     config_dir: its Hydra config directory (holding config.yaml).
     build_task: (config, datamodule after setup()) -> LightningModule.
     write_predictions: (outputs of trainer.predict, datamodule, run directory) -> anything; writes files.
+    verbs: the app's own verbs besides train/eval/predict (say `separate`, `embed`, `collect`), each called
+        with (config, app) under Hydra like the shared ones.
+    checkpoint_verbs: those of `verbs` that need `ckpt_path=` (it is resolved and its overrides replayed).
     """
 
     name: str
     config_dir: Path
     build_task: Callable[[DictConfig, L.LightningDataModule], L.LightningModule]
     write_predictions: Callable[[list[Any], L.LightningDataModule, Path], Any]
+    verbs: dict[str, Callable[[DictConfig, App], Any]] = field(default_factory=dict)
+    checkpoint_verbs: tuple[str, ...] = ()
+
+    def all_verbs(self) -> dict[str, Callable[[DictConfig, App], Any]]:
+        """The shared verbs and the app's own (an app's verb of the same name wins)."""
+        return {**VERBS, **self.verbs}
 
 
 def run_info(cfg: DictConfig, started: float, **extra: Any) -> dict[str, Any]:
