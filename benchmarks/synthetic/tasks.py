@@ -6,6 +6,8 @@
   non-linear recurrence; Grazzi et al. 2024).
 * s3: elements of the permutation group S3; the target of token t is the product g_t ... g_1. S3 is
   the smallest non-abelian group, so the state transitions must not commute (a diagonal decay cannot).
+* needle: a haystack of random tokens with one needle (a marker, then a value) at a random place; the
+  last token asks for the value (single-needle retrieval; only the last token is scored).
 """
 from __future__ import annotations
 
@@ -27,15 +29,19 @@ class Task:
     make_batch: Callable[[int, int, torch.Generator], tuple[Tensor, Tensor]]  # (batch, length, rng) -> (x, y)
 
 
-MQAR_KEYS = 32  # keys are tokens 0..31, values 32..63
-MQAR_PAIRS = 8
+MQAR_KEYS = 64  # keys are tokens 0..63, values 64..127
+
+
+def mqar_pairs(length: int) -> int:
+    """Key-value pairs per sequence: a quarter of the length (Zoology's ratio), at most MQAR_KEYS."""
+    return min(MQAR_KEYS, length // 4)
 
 
 def mqar_batch(batch: int, length: int, rng: torch.Generator) -> tuple[Tensor, Tensor]:
-    """n = MQAR_PAIRS distinct keys per sequence with random values, then length - 2 n queries of those keys."""
-    n = MQAR_PAIRS
-    if length <= 2 * n:
-        raise ValueError(f"mqar needs length > {2 * n} (the key-value pairs come first), got {length}")
+    """n = mqar_pairs(length) distinct keys per sequence with random values, then length - 2 n queries."""
+    n = mqar_pairs(length)
+    if n < 1:
+        raise ValueError(f"mqar needs length >= 4, got {length}")
     keys = torch.rand(batch, MQAR_KEYS, generator=rng).argsort(-1)[:, :n]  # [B, n] distinct
     values = MQAR_KEYS + torch.randint(0, MQAR_KEYS, (batch, n), generator=rng)
     which = torch.randint(0, n, (batch, length - 2 * n), generator=rng)  # the pair each query asks for
@@ -62,8 +68,27 @@ def s3_batch(batch: int, length: int, rng: torch.Generator) -> tuple[Tensor, Ten
     return g, torch.stack(products, dim=1)
 
 
+NEEDLE_VALUES = 32  # values are tokens 0..31, haystack tokens 32..63; then the marker and the query
+NEEDLE_MARK, NEEDLE_QUERY = 2 * NEEDLE_VALUES, 2 * NEEDLE_VALUES + 1
+
+
+def needle_batch(batch: int, length: int, rng: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Haystack, [marker, value] at a random place before the last token, the query as the last token."""
+    if length < 3:
+        raise ValueError(f"needle needs length >= 3 (marker, value, query), got {length}")
+    x = torch.randint(NEEDLE_VALUES, 2 * NEEDLE_VALUES, (batch, length), generator=rng)
+    values = torch.randint(0, NEEDLE_VALUES, (batch,), generator=rng)
+    where = torch.randint(0, length - 2, (batch,), generator=rng)
+    rows = torch.arange(batch)
+    x[rows, where], x[rows, where + 1], x[:, -1] = NEEDLE_MARK, values, NEEDLE_QUERY
+    y = torch.full((batch, length), IGNORE)
+    y[:, -1] = values
+    return x, y
+
+
 TASKS = {
     "mqar": Task("mqar", 2 * MQAR_KEYS, MQAR_KEYS, mqar_batch),
     "parity": Task("parity", 2, 2, parity_batch),
     "s3": Task("s3", len(S3), len(S3), s3_batch),
+    "needle": Task("needle", 2 * NEEDLE_VALUES + 2, NEEDLE_VALUES, needle_batch),
 }

@@ -1,4 +1,4 @@
-"""minGRU: a GRU without hidden-state dependence in its gates, trained with a log-space parallel scan (spec 7.3)."""
+"""minGRU: a GRU without hidden-state dependence in its gates, gates in log space, trained with a parallel scan (spec 7.3)."""
 from __future__ import annotations
 
 import torch
@@ -28,7 +28,7 @@ class MinGRU(Mixer):
             so a step keeps about 73% of the state (a GRU-style forget-bias init); with 0, as in the
             paper's code (no bias), the state halves at every step and a random init forgets within
             a few tokens.
-        impl: op implementation passed to `core.ops.log_linear_scan`: "chunk" (the log-space parallel
+        impl: op implementation passed to `core.ops.log_linear_scan`: "chunk" (the parallel
             scan), "naive" (the sequential mode, same g), None = auto.
 
     State: `RecurrentState(recurrent (B, expand * d_model) float32)`.
