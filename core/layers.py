@@ -131,3 +131,20 @@ class ShortConv(nn.Module):
         if mask is not None:
             y = scatter_back(y, order)
         return y, tail
+
+
+def token_shift(x: Tensor, last: Tensor | None, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The previous valid input of every token and the new last valid input.
+
+    x: (B, T, D); last: (B, 1, D) from the previous call, None = zeros (start of a sequence);
+    mask: (B, T) bool or None. Returns (x_prev (B, T, D), last (B, 1, D)); padded tokens are skipped,
+    their own x_prev is unspecified.
+    """
+    B, T, D = x.shape
+    if mask is not None:
+        x, order, lengths = compact_valid(x, mask)
+    last = x.new_zeros(B, 1, D) if last is None else last.to(x.dtype)
+    full = torch.cat([last, x], dim=1)  # [B, 1 + T, D]
+    if mask is None:
+        return full[:, :T], full[:, T:]
+    return scatter_back(full[:, :T], order), full.gather(1, lengths.view(B, 1, 1).expand(B, 1, D))

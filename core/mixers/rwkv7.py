@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.layers import compact_valid, scatter_back
+from core.layers import token_shift
 from core.mixer import Mixer
 from core.mixers._checks import check_positive_int
 from core.mixers._common import check_state, gate_dtype, l2_normalize, split_heads
@@ -33,23 +33,6 @@ class TokenShiftState:
     """State of `RWKV7ChannelMix`: shift (B, 1, d_model), the last valid input."""
 
     shift: Tensor
-
-
-def token_shift(x: Tensor, last: Tensor | None, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """The previous valid input of every token and the new last valid input.
-
-    x: (B, T, D); last: (B, 1, D) from the previous call, None = zeros (start of a sequence);
-    mask: (B, T) bool or None. Returns (x_prev (B, T, D), last (B, 1, D)); padded tokens are skipped,
-    their own x_prev is unspecified.
-    """
-    B, T, D = x.shape
-    if mask is not None:
-        x, order, lengths = compact_valid(x, mask)
-    last = x.new_zeros(B, 1, D) if last is None else last.to(x.dtype)
-    full = torch.cat([last, x], dim=1)  # [B, 1 + T, D]
-    if mask is None:
-        return full[:, :T], full[:, T:]
-    return scatter_back(full[:, :T], order), full.gather(1, lengths.view(B, 1, 1).expand(B, 1, D))
 
 
 def lora_rank(d_model: int, factor: float) -> int:

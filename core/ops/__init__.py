@@ -16,3 +16,6 @@ from core.ops.linear_scan import linear_scan, log_linear_scan, mask_scan_padding
 from core.ops.selective_scan import selective_scan  # noqa: E402
 
 __all__ += ["linear_scan", "log_linear_scan", "mask_scan_padding", "selective_scan"]
+from core.ops.forgetting_attention import ForgettingAttentionState, forgetting_attention  # noqa: E402
+
+__all__ += ["ForgettingAttentionState", "forgetting_attention"]

@@ -8,7 +8,8 @@ import torch
 import core
 import core.mixers.deltanet as deltanet_module
 import core.mixers.rwkv7 as rwkv7_module
-from core.mixers.rwkv7 import RWKV7ChannelMix, RWKV7State, TokenShiftState, token_shift
+from core.layers import token_shift
+from core.mixers.rwkv7 import RWKV7ChannelMix, RWKV7State, TokenShiftState
 from core.registry import MixerEntry
 from core.state import RecurrentState
 from tests.mixers.helpers import assert_close, assert_same_results, assert_states_close, outputs_states_and_gradients, randn, run_in_pieces
