@@ -12,7 +12,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def _save(fig: plt.Figure, png: Path) -> Path:
+def save_figure(fig: plt.Figure, png: Path) -> Path:
+    """Lay the figure out, write it to `png` and close it; returns `png` (every app's plots end here)."""
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
@@ -31,7 +32,7 @@ def plot_loss_curves(metrics_csv: Path, png: Path) -> Path:
     ax.set(xlabel="step", ylabel="loss", title="loss curves")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, png)
+    return save_figure(fig, png)
 
 
 def plot_per_step_error(errors: pd.DataFrame, png: Path, title: str) -> Path:
@@ -42,7 +43,7 @@ def plot_per_step_error(errors: pd.DataFrame, png: Path, title: str) -> Path:
     ax.set(xlabel=errors.index.name or "step", ylabel="error", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, png)
+    return save_figure(fig, png)
 
 
 def plot_windows(history: np.ndarray, truth: np.ndarray, forecast: np.ndarray, png: Path, title: str) -> Path:
@@ -59,7 +60,7 @@ def plot_windows(history: np.ndarray, truth: np.ndarray, forecast: np.ndarray, p
     axes[0, 0].set_title(title)
     axes[0, 0].legend(loc="upper left", fontsize="small")
     axes[-1, 0].set_xlabel("time step in window")
-    return _save(fig, png)
+    return save_figure(fig, png)
 
 
 def plot_forecast(history: pd.DataFrame, forecast: pd.DataFrame, png: Path) -> Path:
@@ -74,4 +75,4 @@ def plot_forecast(history: pd.DataFrame, forecast: pd.DataFrame, png: Path) -> P
     axes[0, 0].set_title("forecast beyond the end of the data")
     axes[0, 0].legend(loc="upper left", fontsize="small")
     fig.autofmt_xdate()
-    return _save(fig, png)
+    return save_figure(fig, png)

@@ -1,0 +1,202 @@
+"""Offline RL benchmark through the rl app: D4RL-style MuJoCo data sets, Decision Transformers with three
+mixers and behaviour cloning, 3 seeds each, scored by rollouts in gymnasium's v5 environments.
+
+    python -m benchmarks.rl_d4rl                                  # 48 trainings on one GPU, about 8 minutes
+    python -m benchmarks.rl_d4rl --models bc dt_attention --datasets hopper-medium --seeds 0 --parallel 2 -- trainer.accelerator=cpu
+
+Every (data set, model, seed) is one `python -m apps.rl train` process; --parallel of them share the GPU
+(the networks are small, so several processes keep it busy). The budget (the BUDGET overrides and --train-time)
+is set so that 48 trainings fit in about 8 minutes on one H100 with 16 CPU cores: whole episodes as
+training windows (data.context=null, what recurrent inference sees), 3 epochs of 250 batches (16 episodes of
+HalfCheetah, 32 of Hopper) cut at --train-time (80 s) of training, 5 validation episodes after every epoch,
+10 test episodes of the best checkpoint, each a batch of environments stepped together, one target return
+per data set. Estimated, not yet measured on the H100: about 150 s per HalfCheetah run (startup, training,
+4 x 1000-step rollouts), less per Hopper run; 16 at a time, HalfCheetah first, three waves.
+Then, with the halfcheetah-medium checkpoints of seed 0 (1000-step episodes), `rollout` measures the
+policy's latency per environment step: recurrent state (Mamba-2, Gated DeltaNet), attention's KV cache, and
+the original Decision Transformer evaluation that re-runs the whole context at every step (`window`).
+Prints the tables and writes benchmarks/results/<out>.{json,md} with device, versions and date.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+MODELS = {
+    "dt_attention": ["model/mixer=attention"],
+    "dt_mamba2": ["model/mixer=mamba2"],
+    "dt_gated_deltanet": ["model/mixer=gated_deltanet"],
+    "bc": ["model=bc"],
+}
+# one target return per data set, a little above the best episode of the data (DT conditioning)
+DATASETS = {
+    "halfcheetah-medium": ["data.targets=[4500]", "data.batch_size=16"],
+    "halfcheetah-medium_replay": ["data.targets=[4500]", "data.batch_size=16"],
+    "hopper-medium": ["data.targets=[750]", "data.batch_size=32"],
+    "hopper-medium_replay": ["data.targets=[750]", "data.batch_size=32"],
+}
+BUDGET = [
+    "data.context=null", "data.batches_per_epoch=250", "trainer.max_epochs=3",
+    "task.val_episodes=5", "task.test_episodes=10",
+    "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+]
+LATENCY = {  # (model, inference): the halfcheetah-medium seed-0 checkpoint it is measured with
+    "dt_attention (KV cache)": ("dt_attention", "recurrent"),
+    "dt_mamba2 (recurrent state)": ("dt_mamba2", "recurrent"),
+    "dt_gated_deltanet (recurrent state)": ("dt_gated_deltanet", "recurrent"),
+    "dt_attention (window: whole context every step)": ("dt_attention", "window"),
+}
+RESULTS = Path(__file__).parent / "results"
+
+
+def launch(command: list[str], log: Path) -> subprocess.Popen:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=environment)
+
+
+def run_all(jobs: list[tuple[str, list[str], Path]], parallel: int) -> None:
+    """Run (name, command, log) jobs, `parallel` at a time, in order; SystemExit naming the first that fails."""
+    pending, running = list(jobs), []
+    while pending or running:
+        while pending and len(running) < parallel:
+            name, command, log = pending.pop(0)
+            running.append((name, log, launch(command, log)))
+        time.sleep(1)
+        for job in list(running):
+            name, log, process = job
+            if process.poll() is not None:
+                running.remove(job)
+                if process.returncode:
+                    for _, _, other in running:  # stop the rest: the table needs every run
+                        other.terminate()
+                    raise SystemExit(f"{name} failed (exit {process.returncode}); see {log}")
+
+
+def train_command(dataset: str, model: str, seed: int, run_dir: Path, args: argparse.Namespace) -> list[str]:
+    return [sys.executable, "-m", "apps.rl", "train", f"data={dataset}", *MODELS[model], *DATASETS[dataset], *BUDGET,
+            f"seed={seed}", f"task.rollout_seed={seed * 100}", f"trainer.max_time=00:00:{args.train_time // 60:02d}:{args.train_time % 60:02d}",
+            f"paths.runs={args.runs_dir}", f"hydra.run.dir={run_dir}", *args.overrides]
+
+
+def training_rows(runs_dir: Path, datasets: list[str], models: list[str], seeds: list[int]) -> pd.DataFrame:
+    rows = []
+    for dataset in datasets:
+        for model in models:
+            for seed in seeds:
+                run_dir = runs_dir / dataset / model / f"seed{seed}"
+                record = json.loads((run_dir / "metrics.json").read_text())
+                metrics = record["metrics"]
+                # no evaluations.csv: --train-time ran out before the first validation (the test used the last weights)
+                evaluated = (run_dir / "evaluations.csv").is_file()
+                steps = int(pd.read_csv(run_dir / "evaluations.csv")["step"].max()) if evaluated else 0
+                rows.append({"dataset": dataset, "model": model, "seed": seed, "score": metrics["test/score"],
+                             "score_last": metrics.get("test/score_last", float("nan")),
+                             "score_best_val": metrics.get("test/score_best", float("nan")),
+                             "data_score": metrics["test/data_score"], "validated_steps": steps, "seconds": record["seconds"]})
+    return pd.DataFrame(rows)
+
+
+def score_table(rows: pd.DataFrame, column: str) -> str:
+    """Models x data sets, mean ± std over seeds of `column`, and the data set's own mean score."""
+    datasets = list(dict.fromkeys(rows["dataset"]))
+    lines = ["| model | " + " | ".join(datasets) + " | mean |", "|" + "---|" * (len(datasets) + 2)]
+    for model, group in rows.groupby("model", sort=False):
+        stats = group.groupby("dataset")[column].agg(["mean", "std"])
+        cells = [f"{stats.loc[d, 'mean']:.1f} ± {stats.loc[d, 'std']:.1f}" for d in datasets]
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | **{stats['mean'].mean():.1f}** |")
+    data = rows.groupby("dataset")["data_score"].first()
+    lines.append("| data set mean | " + " | ".join(f"{data[d]:.1f}" for d in datasets) + f" | {data.mean():.1f} |")
+    return "\n".join(lines)
+
+
+def latency_dir(runs_dir: Path, label: str) -> Path:
+    model, inference = LATENCY[label]
+    return runs_dir / "latency" / f"{model}_{inference}"
+
+
+def latency_rows(runs_dir: Path, labels: list[str]) -> list[dict]:
+    rows = []
+    for label in labels:
+        metrics = json.loads((latency_dir(runs_dir, label) / "metrics.json").read_text())["metrics"]
+        rows.append({"policy": label, "ms_per_step": metrics["test/ms_per_step"], "score": metrics["test/score"]})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--parallel", type=int, default=16, help="trainings at the same time")
+    parser.add_argument("--train-time", type=int, default=80, help="seconds of training per run at most (trainer.max_time)")
+    parser.add_argument("--latency-dataset", default="halfcheetah-medium", help="whose seed-0 checkpoints time the policies")
+    parser.add_argument("--out", default="rl_d4rl", help="file stem of the results under benchmarks/results")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/benchmarks/rl_d4rl"))
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every training, e.g. trainer.accelerator=cpu")
+    args = parser.parse_args()
+    accelerator = ["trainer.accelerator=gpu"] if torch.cuda.is_available() else ["trainer.accelerator=cpu"]
+    args.overrides = accelerator + args.overrides
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    jobs = []  # the 1000-step HalfCheetah runs first, so that the short Hopper runs fill the end
+    for dataset in args.datasets:
+        for model in args.models:
+            for seed in args.seeds:
+                run_dir = args.runs_dir / dataset / model / f"seed{seed}"
+                jobs.append((f"{dataset} {model} seed {seed}", train_command(dataset, model, seed, run_dir, args),
+                             args.runs_dir / f"{dataset}_{model}_seed{seed}.log"))
+    run_all(jobs, args.parallel)
+    trained_seconds = time.perf_counter() - started
+    rows = training_rows(args.runs_dir, args.datasets, args.models, args.seeds)
+
+    latency_dataset, latency_seed = args.latency_dataset, args.seeds[0]
+    latency_labels = [label for label, (model, _) in LATENCY.items() if model in args.models and latency_dataset in args.datasets]
+    latency_jobs = []
+    for label in latency_labels:
+        model, inference = LATENCY[label]
+        checkpoint = args.runs_dir / latency_dataset / model / f"seed{latency_seed}"
+        out_dir = latency_dir(args.runs_dir, label)
+        latency_jobs.append((label, [sys.executable, "-m", "apps.rl", "rollout", f"ckpt_path={checkpoint}", f"task.inference={inference}",
+                                     f"paths.runs={args.runs_dir}", f"hydra.run.dir={out_dir}", *accelerator],
+                             args.runs_dir / f"latency_{model}_{inference}.log"))
+    run_all(latency_jobs, max(len(latency_jobs), 1))
+    latency = latency_rows(args.runs_dir, latency_labels)
+
+    text = "\n\n".join([
+        "Normalised score (D4RL reference returns; mean ± std over seeds) of the best checkpoint (by validation rollouts) "
+        "on the test episodes:\n\n" + score_table(rows, "score"),
+        "Score of the last validation, i.e. of the final weights:\n\n" + score_table(rows, "score_last"),
+        f"Policy latency per environment step on {latency_dataset} (10 environments batched):\n\n"
+        + "\n".join(["| policy | ms / step | score |", "|---|---|---|"]
+                    + [f"| {r['policy']} | {r['ms_per_step']:.2f} | {r['score']:.1f} |" for r in latency]),
+        f"Training steps at the last validation: {rows['validated_steps'].min()}..{rows['validated_steps'].max()} "
+        f"(mean {rows['validated_steps'].mean():.0f}); "
+        f"seconds per run {rows['seconds'].min():.0f}..{rows['seconds'].max():.0f}; wall {time.perf_counter() - started:.0f} s "
+        f"({trained_seconds:.0f} s for the {len(rows)} trainings, {args.parallel} at a time).",
+    ])
+    print(text)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    versions = {name: importlib.metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "stable-baselines3", "lightning")}
+    info = {"benchmark": "offline RL on D4RL-style MuJoCo v5 data sets (../shared/data/rl), normalised scores",
+            "device": device, "cpu_count": os.cpu_count(), "date": datetime.date.today().isoformat(), "versions": versions,
+            "budget": BUDGET + [f"trainer.max_time={args.train_time}s", f"parallel={args.parallel}"], "datasets": DATASETS,
+            "overrides": args.overrides, "wall_seconds": round(time.perf_counter() - started), "runs": rows.to_dict("records"),
+            "latency": latency}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(info, indent=1, default=float) + "\n")
+    header = f"{info['benchmark']}; {device}; " + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; {info['date']}"
+    (RESULTS / f"{args.out}.md").write_text(f"{header}\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()
