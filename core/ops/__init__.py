@@ -19,3 +19,6 @@ __all__ += ["linear_scan", "log_linear_scan", "mask_scan_padding", "selective_sc
 from core.ops.forgetting_attention import ForgettingAttentionState, forgetting_attention  # noqa: E402
 
 __all__ += ["ForgettingAttentionState", "forgetting_attention"]
+from core.ops.neural_memory import MemorySpec, NeuralMemoryState, neural_memory  # noqa: E402
+
+__all__ += ["MemorySpec", "NeuralMemoryState", "neural_memory"]
