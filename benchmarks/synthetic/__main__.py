@@ -29,6 +29,7 @@ import core
 from benchmarks.synthetic.train import EXPERIMENTS, Settings, parse_variant, run_job
 
 RESULTS = Path(__file__).parents[1] / "results" / "synthetic.json"
+SLOW_MIXERS = ("slstm", "titans", "miras", "moneta", "yaad", "memora", "atlas")  # token loops or per-token weights
 EXTRA_VARIANTS = ["deltanet:allow_neg_eigval=True", "gated_deltanet:allow_neg_eigval=True", "deltaproduct:n_h=3"]
 
 
@@ -86,7 +87,10 @@ def main() -> None:
     args = parse_args()
     settings = Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)})
     experiments = args.experiments.split(",")
-    jobs = [(variant, experiment) for experiment in experiments for variant in args.mixers]
+    # the slowest jobs first, so that the short ones fill the end: long sequences, then token-loop mixers
+    slow_first = sorted(experiments, key=lambda e: -max(EXPERIMENTS[e].train_lengths))
+    jobs = [(variant, experiment) for experiment in slow_first
+            for variant in sorted(args.mixers, key=lambda v: not v.startswith(SLOW_MIXERS))]
     rows = []
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
@@ -95,8 +99,7 @@ def main() -> None:
             row = future.result()
             print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
             rows.append(row)
-    order = {job: i for i, job in enumerate(jobs)}
-    rows.sort(key=lambda r: order[(r["mixer"], r["experiment"])])
+    rows.sort(key=lambda r: (args.mixers.index(r["mixer"]), experiments.index(r["experiment"])))
     table = markdown(rows, experiments)
     print(f"\n{dataclasses.asdict(settings)}\n\n{table}")
     device = torch.cuda.get_device_name() if settings.device.startswith("cuda") else platform.processor() or "cpu"
