@@ -5,8 +5,8 @@
 
 Each (mixer, experiment) trains a 2-block Backbone (d_model 64 unless the experiment sets it; the mixer's
 default options) with AdamW on fresh random batches and reports the per-token test accuracy at each test
-length of the experiment (see EXPERIMENTS in train.py): MQAR at lengths 64/128/256 and at state sizes
-d_model 32/64/128; parity and S3 trained at length 64 and tested at 64 and 256; needle retrieval trained
+length of the experiment (see EXPERIMENTS in train.py): MQAR at lengths 64/128/256 (d_model 64) and at
+state sizes d_model 32/64 (length 64) and 64/128 (length 256); parity and S3 trained at length 64 and tested at 64 and 256; needle retrieval trained
 at 64-256 and tested at 256/1024/4096. Mixer variants take options: `deltanet:allow_neg_eigval=True`.
 Chance: 1/64 for mqar, 1/2 for parity, 1/6 for s3, 1/32 for needle. Jobs run in `--workers` processes
 (several share one GPU).

@@ -42,7 +42,7 @@ EXPERIMENTS = {
     "mqar_L64": Experiment("mqar", (64,), (64,)),
     "mqar_L128": Experiment("mqar", (128,), (128,)),
     "mqar_L256": Experiment("mqar", (256,), (256,)),
-    "mqar_L256_d32": Experiment("mqar", (256,), (256,), d_model=32),
+    "mqar_L64_d32": Experiment("mqar", (64,), (64,), d_model=32),
     "mqar_L256_d128": Experiment("mqar", (256,), (256,), d_model=128),
     "parity": Experiment("parity", (64,), (64, 256)),
     "s3": Experiment("s3", (64,), (64, 256)),
@@ -115,9 +115,12 @@ def train_and_score(variant: str, experiment: Experiment, settings: Settings) ->
                   seconds=time.perf_counter() - start)
     with torch.no_grad():
         for length in experiment.test_lengths:
+            # as many sequences at every length, in smaller batches at long lengths (peak memory)
+            batch = min(settings.batch, max(16, settings.batch * 256 // length))
+            batches = settings.eval_batches * settings.batch // batch
             try:
                 counts = [accuracy(model(x.to(device)), y.to(device)) for x, y in
-                          (task.make_batch(settings.batch, length, rng) for _ in range(settings.eval_batches))]
+                          (task.make_batch(batch, length, rng) for _ in range(batches))]
                 result[f"acc_{length}"] = sum(c for c, _ in counts) / sum(n for _, n in counts)
             except torch.OutOfMemoryError:  # a long test length may not fit: the shorter ones still count
                 result[f"acc_{length}"] = float("nan")
