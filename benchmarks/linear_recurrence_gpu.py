@@ -227,7 +227,7 @@ def print_table(result: dict) -> None:
             sf = f"{base['fwd_ms'] / f:.1f}" if f and base.get("fwd_ms") else "-"
             sfb = f"{base['fwdbwd_ms'] / fb:.1f}" if fb and base.get("fwdbwd_ms") else "-"
             errs = row["errors_vs_float32_chunk"]
-            err = "error" if "error" in errs else f"{errs.get('o', 0):.1e}, {max((v for n, v in errs.items() if n != 'o'), default=0):.1e}"
+            err = "error" if "error" in errs else "-" if not errs else f"{errs.get('o', 0):.1e}, {max((v for n, v in errs.items() if n != 'o'), default=0):.1e}"
             fs = f"{f:.3f}" if f else "fail"
             fbs = f"{fb:.3f}" if fb else "fail"
             print(f"{shape:<24}{gate:<8}{name:<22}{fs:>9}{fbs:>12}{sf:>8}{sfb:>8}  {err}")

@@ -83,6 +83,25 @@ def markdown(rows: list[dict[str, object]], experiments: list[str]) -> str:
     return "\n".join(lines)
 
 
+def write_report(rows: list[dict[str, object]], args: argparse.Namespace, settings: Settings,
+                 experiments: list[str], pending: int) -> str:
+    """Write the JSON and markdown results of the rows so far (`pending` jobs still running); returns the table."""
+    rows = sorted(rows, key=lambda r: (args.mixers.index(r["mixer"]), experiments.index(r["experiment"])))
+    table = markdown(rows, experiments)
+    device = torch.cuda.get_device_name() if settings.device.startswith("cuda") else platform.processor() or "cpu"
+    report = dict(
+        date=datetime.now(timezone.utc).isoformat(timespec="seconds"), torch=torch.__version__, device=device,
+        cpu_count=os.cpu_count(), workers=args.workers, settings=dataclasses.asdict(settings), pending_jobs=pending,
+        experiments={e: dataclasses.asdict(EXPERIMENTS[e]) for e in experiments}, results=rows,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    status = f", {pending} jobs not finished" if pending else ""
+    args.out.with_suffix(".md").write_text(f"{device}, {report['date']}, torch {torch.__version__}{status}\n\n"
+                                           f"{dataclasses.asdict(settings)}\n\n{table}\n")
+    return table
+
+
 def main() -> None:
     args = parse_args()
     settings = Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)})
@@ -99,20 +118,8 @@ def main() -> None:
             row = future.result()
             print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
             rows.append(row)
-    rows.sort(key=lambda r: (args.mixers.index(r["mixer"]), experiments.index(r["experiment"])))
-    table = markdown(rows, experiments)
-    print(f"\n{dataclasses.asdict(settings)}\n\n{table}")
-    device = torch.cuda.get_device_name() if settings.device.startswith("cuda") else platform.processor() or "cpu"
-    report = dict(
-        date=datetime.now(timezone.utc).isoformat(timespec="seconds"), torch=torch.__version__, device=device,
-        cpu_count=os.cpu_count(), workers=args.workers, settings=dataclasses.asdict(settings),
-        experiments={e: dataclasses.asdict(EXPERIMENTS[e]) for e in experiments}, results=rows,
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(f"{device}, {report['date']}, torch {torch.__version__}\n\n"
-                                           f"{dataclasses.asdict(settings)}\n\n{table}\n")
-    print(f"\nwrote {args.out} and {args.out.with_suffix('.md')}")
+            table = write_report(rows, args, settings, experiments, pending=len(jobs) - len(rows))  # kept if stopped
+    print(f"\n{dataclasses.asdict(settings)}\n\n{table}\n\nwrote {args.out} and {args.out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

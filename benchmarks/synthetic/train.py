@@ -122,8 +122,9 @@ def train_and_score(variant: str, experiment: Experiment, settings: Settings) ->
                 counts = [accuracy(model(x.to(device)), y.to(device)) for x, y in
                           (task.make_batch(batch, length, rng) for _ in range(batches))]
                 result[f"acc_{length}"] = sum(c for c, _ in counts) / sum(n for _, n in counts)
-            except torch.OutOfMemoryError:  # a long test length may not fit: the shorter ones still count
-                result[f"acc_{length}"] = float("nan")
+            except (torch.OutOfMemoryError, ValueError) as error:  # a length beyond what the model or memory
+                result[f"acc_{length}"] = float("nan")                  # allows: the other lengths still count
+                result[f"error_{length}"] = f"{type(error).__name__}: {error}"[:120]
     return result
 
 

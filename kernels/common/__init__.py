@@ -1,4 +1,4 @@
-"""Pieces shared by the kernels: chunk coordinates, cumulative sums, launch configs."""
+"""Pieces shared by the kernels: chunk coordinates, cumulative sums, launch configs, the decode step (`step.py`)."""
 
 from kernels.common.config import interpreting
 

@@ -156,14 +156,15 @@ def _fwd_o_kernel(
     tl.store(o + base * V + (r[:, None] * V + o_v[None, :]), b_o.to(o.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
 
 
-@triton.autotune(configs=configs(TILE_CHOICES), key=KEY)
+@triton.autotune(configs=configs(TILE_CHOICES), key=KEY + ["USE_DH"])
 @triton.jit(do_not_specialize=["T"])
 def _bwd_dv_kernel(
     q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, T, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_G: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+    USE_G: tl.constexpr, USE_DH: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    """dV = (K * exp(gamma_C - gamma)) dh[c] + (scale Q K^T * Gamma)^T dO.
+    """dV = (K * exp(gamma_C - gamma)) dh[c] + (scale Q K^T * Gamma)^T dO; without USE_DH only the
+    second (chunk-local) term, which the delta rule's reverse state pass completes.
 
     The transposed score matrix is computed as K Q^T directly: transposing a dot result before
     another dot is miscompiled on Hopper by Triton 3.4 - 3.7.0 (fla issue 640).
@@ -176,7 +177,6 @@ def _bwd_dv_kernel(
     base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
-    p_dh = dh + (i_c * H + i_h) * K * V
     b_dv = tl.zeros([BT, BV], dtype=tl.float32)
     b_At = tl.zeros([BT, BT], dtype=tl.float32)  # b_At[j, r] = k_j . q_r
     for i_k in tl.static_range(0, (K + BK - 1) // BK):
@@ -184,15 +184,17 @@ def _bwd_dv_kernel(
         m_k = o_k < K
         b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)  # [BT, BK]
         b_qt = tl.load(q + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)  # [BK, BT]
-        b_dh = tl.load(p_dh + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0)  # [BK, BV]
-        b_dv += tl.dot(b_k, b_dh, input_precision=DOT_PREC)
+        if USE_DH:
+            b_dh = tl.load(dh + (i_c * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0)  # [BK, BV]
+            b_dv += tl.dot(b_k, b_dh, input_precision=DOT_PREC)
         b_At += tl.dot(b_k, b_qt, input_precision=DOT_PREC)
     anticausal = o_t[:, None] <= o_t[None, :]  # j <= r
     if USE_G:
         last = tl.minimum(i_t * BT + BT, T) - 1
         b_g_last = tl.load(gc + (bos + last) * H + i_h)
         b_g = tl.load(gc + base + r, mask=m_t, other=0)
-        b_dv *= tl.exp2(b_g_last - b_g)[:, None]
+        if USE_DH:
+            b_dv *= tl.exp2(b_g_last - b_g)[:, None]
         b_At *= tl.exp2(tl.where(anticausal, b_g[None, :] - b_g[:, None], float("-inf")))
     b_At = tl.where(anticausal, b_At * scale, 0)
     b_do = tl.load(do + base * V + (r[:, None] * V + o_v[None, :]), mask=m_t[:, None] & m_v[None, :], other=0)
@@ -369,7 +371,7 @@ def _backward(q, k, v, gc, scale, h0, layout, do, dht, need_dh0):
     BK, BV = _block(K, 128), _block(V, 128)
     _bwd_dv_kernel[_tile_grid(triton.cdiv(V, BV), q, layout)](
         q, k, gc, do, dh, dv, layout.cu_seqlens, layout.chunk_indices, T, scale,
-        BK=BK, BV=BV, USE_G=gc is not None, **common,
+        BK=BK, BV=BV, USE_G=gc is not None, USE_DH=True, **common,
     )
 
     dq, dk = torch.empty_like(q), torch.empty_like(k)
@@ -383,33 +385,67 @@ def _backward(q, k, v, gc, scale, h0, layout, do, dht, need_dh0):
     return dq, dk, dv, (None if dg is None else dg.sum(0)), dh0
 
 
-class ChunkLinearRecurrence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, g, scale, initial_state, output_final_state, cu_seqlens):
-        layout = chunk_layout(q.shape[0], q.shape[1], CHUNK_SIZE, cu_seqlens)
-        gc = None if g is None else chunk_local_cumsum(g, layout, CHUNK_SIZE, scale=LOG2E)
-        h0 = None if initial_state is None else initial_state.float().contiguous()
-        o, ht = _forward(q, k, v, gc, scale, h0, layout, output_final_state)
-        ctx.save_for_backward(q, k, v, gc, h0)
-        ctx.layout, ctx.scale, ctx.g_dtype, ctx.state_dtype = layout, scale, None if g is None else g.dtype, (
-            None if initial_state is None else initial_state.dtype
-        )
-        ctx.set_materialize_grads(False)
-        return o, ht
+# --- the public op: a torch.library custom op (opaque to torch.compile, with fake implementations) -----
 
-    @staticmethod
-    def backward(ctx, do, dht):
-        q, k, v, gc, h0 = ctx.saved_tensors
-        layout = ctx.layout
-        if do is None:
-            do = torch.zeros_like(v)
-        dht = None if dht is None else dht.float().contiguous()
-        dq, dk, dv, dG, dh0 = _backward(
-            q, k, v, gc, ctx.scale, h0, layout, do.contiguous(), dht, need_dh0=h0 is not None and ctx.needs_input_grad[5]
-        )
-        dg = None if dG is None or not ctx.needs_input_grad[3] else dG.to(ctx.g_dtype)
-        dh0 = None if dh0 is None else dh0.to(ctx.state_dtype)
-        return dq, dk, dv, dg, None, dh0, None, None
+
+@torch.library.custom_op("seqmix::chunk_linear_recurrence", mutates_args=())
+def _linear_recurrence_op(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, scale: float,
+    initial_state: Tensor | None, output_final_state: bool, cu_seqlens: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """(o, final state or an empty tensor): a custom op cannot return None."""
+    layout = chunk_layout(q.shape[0], q.shape[1], CHUNK_SIZE, cu_seqlens)
+    gc = None if g is None else chunk_local_cumsum(g, layout, CHUNK_SIZE, scale=LOG2E)
+    h0 = None if initial_state is None else initial_state.float().contiguous()
+    o, ht = _forward(q, k, v, gc, scale, h0, layout, output_final_state)
+    return o, q.new_empty(0, dtype=torch.float32) if ht is None else ht
+
+
+@_linear_recurrence_op.register_fake
+def _(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens):
+    n = q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    shape = (n, q.shape[2], q.shape[3], v.shape[3]) if output_final_state else (0,)
+    return torch.empty_like(v), q.new_empty(shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("seqmix::chunk_linear_recurrence_backward", mutates_args=())
+def _linear_recurrence_backward_op(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, scale: float, initial_state: Tensor | None,
+    cu_seqlens: Tensor | None, do: Tensor, dht: Tensor | None, need_dg: bool, need_dh0: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dq, dk, dv, dg, dh0); dg and dh0 are empty tensors unless asked for."""
+    layout = chunk_layout(q.shape[0], q.shape[1], CHUNK_SIZE, cu_seqlens)
+    gc = None if g is None else chunk_local_cumsum(g, layout, CHUNK_SIZE, scale=LOG2E)
+    h0 = None if initial_state is None else initial_state.float().contiguous()
+    dht = None if dht is None else dht.float().contiguous()
+    dq, dk, dv, dg, dh0 = _backward(q, k, v, gc, scale, h0, layout, do.contiguous(), dht, need_dh0)
+    dg = dg.to(g.dtype) if need_dg else q.new_empty(0)  # distinct empty tensors: outputs may not alias
+    return dq, dk, dv, dg, dh0.to(initial_state.dtype) if need_dh0 else q.new_empty(0)
+
+
+@_linear_recurrence_backward_op.register_fake
+def _(q, k, v, g, scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0):
+    grads = (torch.empty_like(x) for x in (q, k, v))
+    return *grads, torch.empty_like(g) if need_dg else q.new_empty(0), torch.empty_like(initial_state) if need_dh0 else q.new_empty(0)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, g, scale, initial_state, _, cu_seqlens = inputs
+    ctx.save_for_backward(q, k, v, g, initial_state, cu_seqlens)
+    ctx.scale = scale
+
+
+def _linear_recurrence_backward(ctx, do, dht):
+    q, k, v, g, initial_state, cu_seqlens = ctx.saved_tensors
+    do = torch.zeros_like(v) if do is None else do
+    dht = None if dht is None or dht.numel() == 0 else dht
+    need_dg = g is not None and ctx.needs_input_grad[3]
+    need_dh0 = initial_state is not None and ctx.needs_input_grad[5]
+    dq, dk, dv, dg, dh0 = _linear_recurrence_backward_op(q, k, v, g, ctx.scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0)
+    return dq, dk, dv, dg if need_dg else None, None, dh0 if need_dh0 else None, None, None
+
+
+torch.library.register_autograd(_linear_recurrence_op, _linear_recurrence_backward, setup_context=_setup_context)
 
 
 def chunk_linear_recurrence(
@@ -431,12 +467,14 @@ def chunk_linear_recurrence(
     into B = 1 (chunks never cross a boundary; each has its own initial and final state).
     Returns o (B, T, H, V) in the input dtype and the final state (N, H, K, V) in float32 or None.
     Differentiable in q, k, v, g and initial_state. A decay per key channel (B, T, H, K) is not
-    handled here: callers fall back to the PyTorch chunk form for it.
+    handled here: callers fall back to the PyTorch chunk form for it. A torch.library custom op
+    ("seqmix::chunk_linear_recurrence") with a fake implementation, so torch.compile traces models that call it.
     """
-    _check(q, k, v, g, initial_state, cu_seqlens)
+    check_inputs(q, k, v, g, initial_state, cu_seqlens)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     q, k, v = (x.contiguous() for x in (q, k, v))
-    return ChunkLinearRecurrence.apply(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)
+    o, final_state = _linear_recurrence_op(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)
+    return o, final_state if output_final_state else None
 
 
 def supports(q: Tensor, v: Tensor, g: Tensor | None) -> bool:
@@ -445,7 +483,8 @@ def supports(q: Tensor, v: Tensor, g: Tensor | None) -> bool:
     return q.dtype in DTYPES and max(q.shape[-1], v.shape[-1]) <= MAX_HEAD_DIM and (g is None or g.dim() == 3)
 
 
-def _check(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, initial_state: Tensor | None, cu_seqlens: Tensor | None) -> None:
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, initial_state: Tensor | None, cu_seqlens: Tensor | None) -> None:
+    """Clear errors for inputs the kernels cannot take (shared with the delta-rule kernels)."""
     if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
         raise ValueError(f"q, k must be (B, T, H, K) and v (B, T, H, V) with the same B, T, H; got {q.shape}, {k.shape}, {v.shape}")
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in DTYPES:

@@ -1,13 +1,13 @@
-"""Cases for the Triton linear recurrence and their comparison with the chunked PyTorch form.
+"""Cases for the Triton kernels (linear recurrence, delta rule) and their comparison with the chunked PyTorch form.
 
 Shared by the GPU tests and by the CPU interpreter run. The interpreter must be switched on before
-Triton is imported, so on CPU this module runs in a subprocess (`python -m tests.kernels.cases`,
+Triton is imported, so on CPU this module runs in a subprocess (`python -m tests.kernels.cases OP`,
 with TRITON_INTERPRET=1) and prints one JSON line per case; the test module reads them.
 
 Each comparison draws random inputs in float32, rounds them to the case dtype, and compares the
 kernel (run on those rounded inputs) with the chunk form in float64 on the same rounded values:
 the relative RMS error ||x - ref|| / ||ref|| of the output, the final state and the gradients of
-q, k, v, g and initial_state under a random linear loss on the output and the final state.
+q, k, v, (beta,) g and initial_state under a random linear loss on the output and the final state.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class Case:
     H: int = 2
     dtype: str = "float32"
     gate: str = "scalar"  # "scalar" (B, T, H), "none" (g=None) or "vector" (B, T, H, K): the core wrapper falls back
+    op: str = "linear_recurrence"  # or "delta_rule" (L2-normalised keys, beta in [0, 2])
     state: bool = True  # with an initial state
     lengths: tuple[int, ...] = ()  # packed sequences (cu_seqlens); then B = 1 and T = sum(lengths)
     loss: str = "both"  # "both", "output" or "state": what the random loss reads
@@ -39,7 +40,8 @@ class Case:
 
     @property
     def name(self) -> str:
-        parts = [f"T{sum(self.lengths) if self.lengths else self.T}", f"K{self.K}", f"V{self.V}", self.dtype, f"gate-{self.gate}"]
+        parts = ["delta"] if self.op == "delta_rule" else []
+        parts += [f"T{sum(self.lengths) if self.lengths else self.T}", f"K{self.K}", f"V{self.V}", self.dtype, f"gate-{self.gate}"]
         parts += ["h0"] if self.state else []
         parts += [f"varlen{len(self.lengths)}"] if self.lengths else []
         parts += [f"loss-{self.loss}"] if self.loss != "both" else []
@@ -71,10 +73,11 @@ def make_inputs(case: Case, device: str) -> dict[str, torch.Tensor | None]:
         return torch.randn(*shape, generator=rng)
 
     dtype = DTYPES[case.dtype]
-    inputs = dict(
-        q=randn(B, T, case.H, case.K).to(dtype),
-        k=randn(B, T, case.H, case.K).to(dtype),
-        v=randn(B, T, case.H, case.V).to(dtype),
+    q, k = randn(B, T, case.H, case.K), randn(B, T, case.H, case.K)
+    inputs = dict(q=q.to(dtype), k=(F.normalize(k, dim=-1) if case.op == "delta_rule" else k).to(dtype), v=randn(B, T, case.H, case.V).to(dtype))
+    if case.op == "delta_rule":
+        inputs["beta"] = (2 * torch.sigmoid(randn(B, T, case.H))).to(dtype)
+    inputs.update(
         g={"none": None, "scalar": F.logsigmoid(randn(B, T, case.H) + 3), "vector": F.logsigmoid(randn(B, T, case.H, case.K) + 3)}[
             case.gate
         ],
@@ -89,7 +92,7 @@ def compare(case: Case, device: str) -> Result:
     """Run the kernel and the float64 chunk form on the same inputs; relative RMS errors of everything."""
     import time
 
-    from core.ops import linear_recurrence
+    from core import ops
 
     inputs = make_inputs(case, device)
     cu_seqlens = None
@@ -110,8 +113,8 @@ def compare(case: Case, device: str) -> Result:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
 
-    ref_o, ref_state = linear_recurrence(
-        **{name: ref_leaves.get(name) for name in ("q", "k", "v", "g", "initial_state")},
+    ref_o, ref_state = getattr(ops, case.op)(
+        **{name: ref_leaves.get(name) for name in names + ["g"]},
         scale=scale, output_final_state=True, cu_seqlens=cu_seqlens, impl="chunk",
     )
     ref_grads = _grad(_loss(case, ref_o, ref_state, w_o.double(), w_s.double()), ref_leaves)
@@ -135,24 +138,27 @@ def _loss(case: Case, o: torch.Tensor, state: torch.Tensor, w_o: torch.Tensor, w
 
 
 def _run_triton(case: Case, leaves: dict, scale: float, cu_seqlens: torch.Tensor | None):
+    delta = case.op == "delta_rule"
+    tensors = [leaves["q"], leaves["k"], leaves["v"]] + ([leaves["beta"]] if delta else [])
     if case.via_core:
-        from core.ops import linear_recurrence
+        from core import ops
 
         kwargs = dict(scale=scale, output_final_state=True, cu_seqlens=cu_seqlens)
         if leaves["q"].is_cuda:
-            return linear_recurrence(**leaves, **kwargs, impl="triton")
+            return getattr(ops, case.op)(**leaves, **kwargs, impl="triton")
         # on CPU the dispatcher offers no "triton"; call the registered function the way the op does
+        from core.ops.delta_rule.triton import triton_delta_rule
         from core.ops.linear_recurrence.triton import triton_linear_recurrence
 
         g = leaves.get("g")
         g = torch.zeros(leaves["q"].shape[:3]) if g is None else g
-        return triton_linear_recurrence(leaves["q"], leaves["k"], leaves["v"], g, scale, leaves.get("initial_state"), True)
+        fn = triton_delta_rule if delta else triton_linear_recurrence
+        return fn(*tensors, g, scale, leaves.get("initial_state"), True)
+    from kernels.delta_rule import chunk_delta_rule
     from kernels.linear_recurrence import chunk_linear_recurrence
 
-    return chunk_linear_recurrence(
-        leaves["q"], leaves["k"], leaves["v"], leaves.get("g"),
-        scale=scale, initial_state=leaves.get("initial_state"), output_final_state=True, cu_seqlens=cu_seqlens,
-    )
+    fn = chunk_delta_rule if delta else chunk_linear_recurrence
+    return fn(*tensors, leaves.get("g"), scale=scale, initial_state=leaves.get("initial_state"), output_final_state=True, cu_seqlens=cu_seqlens)
 
 
 # Small enough for the interpreter (about a minute in all on one core). The interpreter computes
@@ -172,10 +178,94 @@ INTERPRETER_CASES = [
 ]
 
 
+# The delta rule's interpreter cases: the same awkward shapes, fewer of them (its kernels are slower to interpret).
+DELTA = "delta_rule"
+DELTA_INTERPRETER_CASES = [
+    Case(T=1, K=16, V=16, B=1, H=1, op=DELTA),
+    Case(T=63, K=24, V=40, op=DELTA),
+    Case(T=65, K=40, V=24, gate="none", state=False, op=DELTA, seed=1),
+    Case(T=70, K=136, V=24, B=1, H=1, dtype="float16", op=DELTA, seed=2),  # K above 128: 16-bit reverse-pass operands
+    Case(T=64, K=32, V=32, dtype="float16", op=DELTA, seed=3),
+    Case(T=0, K=24, V=40, lengths=(5, 70, 0, 1, 30), op=DELTA, seed=4),
+    Case(T=70, K=24, V=40, loss="state", op=DELTA, seed=5),
+    Case(T=40, K=16, V=24, dtype="float16", via_core=True, op=DELTA, seed=7),
+]
+CASES = {"linear_recurrence": INTERPRETER_CASES, DELTA: DELTA_INTERPRETER_CASES}
+
+
+def compiled_vs_eager(op: str, device: str) -> Result:
+    """The op as a torch.library custom op: `torch.library.opcheck` (schema, fake implementation,
+    autograd registration; raises on failure), then torch.compile(fullgraph=True, backend="aot_eager")
+    of a loss over it, forward and backward, against the eager call: relative RMS differences of the
+    loss and every gradient. fullgraph=True fails on any graph break."""
+    from kernels.delta_rule import chunk_delta_rule
+    from kernels.linear_recurrence import chunk_linear_recurrence
+
+    case = Case(T=20, K=16, V=16, B=1, H=2, op=op, seed=40)
+    inputs = make_inputs(case, device)
+    names = [name for name, x in inputs.items() if x is not None]
+    positional = ["q", "k", "v", "beta"] if op == DELTA else ["q", "k", "v"]
+    fn = chunk_delta_rule if op == DELTA else chunk_linear_recurrence
+    custom_op = getattr(torch.ops.seqmix, f"chunk_{op}").default
+    leaves = [inputs[n].clone().requires_grad_() for n in positional + ["g", "initial_state"]]
+    torch.library.opcheck(custom_op, [*leaves[:-1], 0.3, leaves[-1], True, None])
+    rng = torch.Generator(device="cpu").manual_seed(1)
+    w_o = torch.randn(inputs["v"].shape, generator=rng).to(device)
+
+    def loss(xs: dict[str, torch.Tensor]) -> torch.Tensor:
+        o, state = fn(*(xs[n] for n in positional), xs["g"], scale=0.3, initial_state=xs["initial_state"], output_final_state=True)
+        return (o.float() * w_o).sum() + state.square().sum()
+
+    results = []
+    for run in (loss, torch.compile(loss, fullgraph=True, backend="aot_eager")):
+        leaves = {name: inputs[name].clone().requires_grad_() for name in names}
+        value = run(leaves)
+        results.append([value.detach(), *_grad(value, leaves)])
+    result = Result(f"compile-{op}")
+    for name, x, ref in zip(["loss"] + [f"d{n}" for n in names], *results):
+        result.errors[name] = rel_rms(x, ref)
+    return result
+
+
+def compare_step(case: Case, device: str) -> Result:
+    """`case.T` decode steps of the single-token kernel (state updated in place) against the float64
+    naive op over the same T tokens from the same initial state: every output and the final state."""
+    from kernels.common.step import recurrent_step
+
+    from core import ops
+
+    inputs = make_inputs(case, device)
+    scale = 0.5 * case.K**-0.5
+    state = inputs["initial_state"].float().clone()
+    outputs = []
+    for t in range(case.T):
+        token = {n: None if x is None or n == "initial_state" else x[:, t : t + 1] for n, x in inputs.items()}
+        outputs.append(recurrent_step(token["q"], token["k"], token["v"], token["g"], state, beta=token.get("beta"), scale=scale))
+    ref = {n: None if x is None else x.double() for n, x in inputs.items()}
+    ref_o, ref_state = getattr(ops, case.op)(**ref, scale=scale, output_final_state=True, impl="naive")
+    result = Result(f"step-{case.name}")
+    result.errors["o"] = rel_rms(torch.cat(outputs, dim=1), ref_o)
+    result.errors["state"] = rel_rms(state, ref_state)
+    return result
+
+
+STEP_CASES = [  # T decode steps; head dims that are not powers of two
+    Case(T=3, K=100, V=72, op="linear_recurrence", seed=50),
+    Case(T=3, K=40, V=24, gate="none", op="linear_recurrence", seed=51),
+    Case(T=3, K=100, V=72, op=DELTA, seed=52),
+    Case(T=3, K=256, V=200, B=1, H=1, dtype="float16", gate="none", op=DELTA, seed=53),
+]
+
+
 def main() -> None:
-    for case in INTERPRETER_CASES:
+    op = sys.argv[1] if len(sys.argv) > 1 else "linear_recurrence"
+    for case in CASES[op]:
         result = compare(case, "cpu")
         print(json.dumps({**asdict(result), "spec": asdict(case)}), flush=True)
+    print(json.dumps(asdict(compiled_vs_eager(op, "cpu"))), flush=True)
+    for case in STEP_CASES:
+        if case.op == op:
+            print(json.dumps(asdict(compare_step(case, "cpu"))), flush=True)
 
 
 if __name__ == "__main__":

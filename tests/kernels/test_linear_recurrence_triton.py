@@ -9,28 +9,15 @@ packed sequences, every autotune config and 64-bit offsets.
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.kernels.cases import INTERPRETER_CASES, Case, compare, rel_rms
+from tests.kernels.cases import INTERPRETER_CASES, STEP_CASES, Case, compare, rel_rms
+from tests.kernels.helpers import check, run_interpreter
 
-ROOT = Path(__file__).resolve().parents[2]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs a CUDA device and Triton")
-# relative RMS error allowed for (outputs and states, gradients)
-TOLERANCE = {"float64": (1e-10, 1e-10), "float32": (1e-4, 1e-4), "float16": (5e-3, 1e-2), "bfloat16": (5e-3, 1e-2)}
-
-
-def check(case: Case, errors: dict[str, float]) -> None:
-    tol_out, tol_grad = TOLERANCE[case.dtype]
-    bad = {name: err for name, err in errors.items() if not err <= (tol_out if name in ("o", "state") else tol_grad)}
-    assert not bad, f"{case.name}: relative RMS errors above ({tol_out}, {tol_grad}): {bad}; all: {errors}"
 
 
 # --- CPU: the interpreter, in a subprocess -----------------------------------------------------------
@@ -38,13 +25,7 @@ def check(case: Case, errors: dict[str, float]) -> None:
 
 @pytest.fixture(scope="module")
 def interpreter_results() -> dict[str, dict[str, float]]:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
-    run = subprocess.run(
-        [sys.executable, "-m", "tests.kernels.cases"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert run.returncode == 0, f"interpreter run failed:\n{run.stdout}\n{run.stderr[-5000:]}"
-    results = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-    return {r["case"]: r["errors"] for r in results}
+    return run_interpreter("linear_recurrence")
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
@@ -53,6 +34,26 @@ def interpreter_results() -> dict[str, dict[str, float]]:
 def test_interpreter_matches_chunk_form(case: Case, interpreter_results: dict[str, dict[str, float]]) -> None:
     assert case.name in interpreter_results, f"no result for {case.name}; got {sorted(interpreter_results)}"
     check(case, interpreter_results[case.name])
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+@pytest.mark.xdist_group("triton_interpreter")
+def test_interpreter_custom_op_compiles(interpreter_results: dict[str, dict[str, float]]) -> None:
+    """opcheck passed and torch.compile(fullgraph=True) gives the eager loss and gradients (see cases.compiled_vs_eager)."""
+    name = "compile-linear_recurrence"
+    assert name in interpreter_results, f"no result for {name}; got {sorted(interpreter_results)}"
+    errors = interpreter_results[name]
+    assert errors and max(errors.values()) <= 1e-6, f"compiled and eager differ: {errors}"
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+@pytest.mark.xdist_group("triton_interpreter")
+@pytest.mark.parametrize("case", [c for c in STEP_CASES if c.op == "linear_recurrence"], ids=lambda c: c.name)
+def test_interpreter_step_matches_naive(case: Case, interpreter_results: dict[str, dict[str, float]]) -> None:
+    """Decode steps of kernels.common.step.recurrent_step against the naive op over the same tokens."""
+    name = f"step-{case.name}"
+    assert name in interpreter_results, f"no result for {name}; got {sorted(interpreter_results)}"
+    check(case, interpreter_results[name])
 
 
 # --- GPU: compiled kernels at full sizes -------------------------------------------------------------

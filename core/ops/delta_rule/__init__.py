@@ -11,6 +11,7 @@ from torch import Tensor
 
 from core.ops.checks import check_cu_seqlens, check_per_token, check_qkv, check_shape, check_state, state_dtype
 from core.ops.delta_rule import chunk, naive  # noqa: F401  (they register themselves)
+from core.ops.delta_rule import triton  # noqa: F401  (registers the Triton kernels, imported lazily on CUDA)
 from core.ops.dispatch import resolve
 from core.ops.varlen import call_unpacked
 

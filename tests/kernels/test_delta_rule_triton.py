@@ -1,0 +1,154 @@
+"""Triton (gated) delta rule against the chunked PyTorch form: outputs, final states, every gradient.
+
+On CPU the kernels run through Triton's interpreter in a subprocess (see tests/kernels/helpers.py).
+On CUDA (`-m gpu`) they run compiled at the issue's sizes: T in {1, 63, 64, 65, 1000, 4096}, head
+dims {64, 100, 128}, with and without gate, initial state and packed sequences, beta in [0, 2],
+every autotune config (Triton 3.6 miscompiles some gated backward kernels on Hopper: this is where
+that would show).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from tests.kernels.cases import DELTA, DELTA_INTERPRETER_CASES, STEP_CASES, Case, compare, compare_step, make_inputs
+from tests.kernels.helpers import check, run_interpreter
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs a CUDA device and Triton")
+
+
+@pytest.fixture(scope="module")
+def interpreter_results() -> dict[str, dict[str, float]]:
+    return run_interpreter(DELTA)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+@pytest.mark.xdist_group("triton_interpreter_delta_rule")  # one subprocess per module, not one per worker
+@pytest.mark.parametrize("case", DELTA_INTERPRETER_CASES, ids=lambda c: c.name)
+def test_interpreter_matches_chunk_form(case: Case, interpreter_results: dict[str, dict[str, float]]) -> None:
+    assert case.name in interpreter_results, f"no result for {case.name}; got {sorted(interpreter_results)}"
+    check(case, interpreter_results[case.name])
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+@pytest.mark.xdist_group("triton_interpreter_delta_rule")
+def test_interpreter_custom_op_compiles(interpreter_results: dict[str, dict[str, float]]) -> None:
+    """opcheck passed and torch.compile(fullgraph=True) gives the eager loss and gradients (see cases.compiled_vs_eager)."""
+    name = f"compile-{DELTA}"
+    assert name in interpreter_results, f"no result for {name}; got {sorted(interpreter_results)}"
+    errors = interpreter_results[name]
+    assert errors and max(errors.values()) <= 1e-6, f"compiled and eager differ: {errors}"
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+@pytest.mark.xdist_group("triton_interpreter_delta_rule")
+@pytest.mark.parametrize("case", [c for c in STEP_CASES if c.op == DELTA], ids=lambda c: c.name)
+def test_interpreter_step_matches_naive(case: Case, interpreter_results: dict[str, dict[str, float]]) -> None:
+    """Decode steps of kernels.common.step.recurrent_step against the naive op over the same tokens."""
+    name = f"step-{case.name}"
+    assert name in interpreter_results, f"no result for {name}; got {sorted(interpreter_results)}"
+    check(case, interpreter_results[name])
+
+
+BF16 = "bfloat16"
+SWEEP = [
+    Case(T=T, K=D, V=D, B=2, H=4, dtype=BF16, state=T % 2 == 0, op=DELTA, seed=T + D)
+    for T in (1, 63, 64, 65, 1000, 4096)
+    for D in (64, 100, 128)
+]
+LENGTHS = (1, 63, 1, 935, 0, 1345, 64, 1687)  # an empty sequence, single tokens, exact chunks
+GPU_CASES = [
+    Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, gate="none", op=DELTA, seed=1),  # DeltaNet
+    Case(T=4096, K=128, V=128, B=2, H=4, dtype=BF16, gate="none", state=False, op=DELTA, seed=2),
+    Case(T=1000, K=128, V=128, B=2, H=4, dtype="float16", op=DELTA, seed=4),
+    Case(T=1000, K=256, V=256, B=1, H=2, dtype=BF16, op=DELTA, seed=5),  # the largest head dim
+    Case(T=300, K=64, V=200, B=2, H=4, dtype=BF16, op=DELTA, seed=6),
+    Case(lengths=LENGTHS, K=128, V=128, H=4, dtype=BF16, op=DELTA, seed=7),
+    Case(lengths=LENGTHS, K=100, V=100, H=4, dtype=BF16, gate="none", op=DELTA, seed=8),
+    Case(T=300, K=64, V=64, B=2, H=4, dtype=BF16, loss="state", op=DELTA, seed=9),
+    Case(T=300, K=64, V=64, B=2, H=4, dtype=BF16, loss="output", state=False, op=DELTA, seed=10),
+    Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, via_core=True, op=DELTA, seed=11),
+    Case(lengths=LENGTHS, K=64, V=64, H=4, dtype=BF16, via_core=True, op=DELTA, seed=12),
+    Case(T=200, K=64, V=64, B=2, H=4, dtype="float32", via_core=True, op=DELTA, seed=15),  # falls back to chunk
+]
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("case", SWEEP + GPU_CASES, ids=lambda c: c.name)
+def test_gpu_matches_chunk_form(case: Case) -> None:
+    check(case, compare(case, "cuda").errors)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_dispatch_prefers_triton_on_cuda() -> None:
+    from core.ops import dispatch
+
+    assert dispatch.implementations("delta_rule", torch.device("cuda"))[0] == "triton"
+    assert dispatch.implementations("delta_rule", torch.device("cpu"))[0] == "chunk"
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_no_recompilation_when_only_T_changes() -> None:
+    from kernels.delta_rule.chunk import AUTOTUNED
+
+    def compiled() -> int:
+        return sum(len(cache[0]) for kernel in AUTOTUNED for cache in kernel.fn.device_caches.values())
+
+    def case(T: int) -> Case:
+        return Case(T=T, K=64, V=64, B=2, H=2, dtype=BF16, op=DELTA)
+
+    compare(case(100), "cuda")
+    before = compiled()
+    for T in (1, 63, 64, 1000, 4097):
+        check(case(T), compare(case(T), "cuda").errors)
+    assert compiled() == before, "a new sequence length compiled new kernels: T must stay a run-time argument"
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("index", range(4))
+def test_gpu_every_autotune_config(index: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each (num_warps, num_stages) choice the autotuner may pick gives correct results, gated and not."""
+    from kernels.delta_rule.chunk import AUTOTUNED
+    from kernels.linear_recurrence.chunk import AUTOTUNED as SHARED  # the output and score-gradient kernels
+
+    for kernel, choices in {**AUTOTUNED, **SHARED}.items():
+        monkeypatch.setattr(kernel, "configs", [choices[index % len(choices)]])
+        monkeypatch.setattr(kernel, "cache", {})
+    cases = (
+        Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, op=DELTA, seed=20),
+        Case(lengths=LENGTHS, K=100, V=100, H=4, dtype=BF16, gate="none", op=DELTA, seed=21),
+    )
+    for case in cases:
+        check(case, compare(case, "cuda").errors)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("op", ["linear_recurrence", DELTA])
+def test_gpu_step_replays_in_a_cuda_graph(op: str) -> None:
+    """The decode step captured in a CUDA graph (no host synchronisation, no allocation with `out`)
+    gives the eager step's output and state, and the eager step matches the naive op."""
+    from kernels.common.step import recurrent_step
+
+    case = Case(T=1, K=128, V=100, B=2, H=16, dtype=BF16, op=op, seed=60)
+    check(case, compare_step(case, "cuda").errors)
+    x = make_inputs(case, "cuda")
+    args = (x["q"], x["k"], x["v"], x["g"])
+    eager_state, state = x["initial_state"].float().clone(), x["initial_state"].float().clone()
+    out = torch.empty_like(x["v"])
+    expected = recurrent_step(*args, eager_state, beta=x.get("beta"))  # also compiles the kernel
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        recurrent_step(*args, state, beta=x.get("beta"), out=out)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, expected) and torch.equal(state, eager_state)
+
