@@ -1,0 +1,193 @@
+"""SeparationDataModule: batches of (mixture (B, T), sources (B, N, T), names: B strings) for N-speaker separation.
+
+Training mixtures are made on the fly (dynamic mixing: random speakers, utterances, gains and offsets) from
+single-speaker speech: espeak-ng voices (`espeak`, the offline default), a folder of recordings (`folder`),
+or the crops of a prepared set (`librimix`, `wsj0_mix`). Validation and test sets are fixed (a seed per item);
+test mixtures are whole utterances (the shorter one's length, "min" mode), one per batch.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from apps.speech.mixing import draw_mixture, fresh, mix, seeded
+from apps.speech.sources import LAYOUTS, PreparedMixtures, folder_speakers
+from apps.speech.tts import synthetic_speakers
+
+DEFAULT_CACHE = Path.home() / ".cache" / "seqmix" / "speech"
+SPEECH = ("espeak", "folder", *LAYOUTS)
+
+Speakers = Sequence[Sequence[Tensor]]
+
+
+class DynamicMixtures(Dataset):
+    """`length` new random mixtures per pass (see `mixing.draw_mixture`), each `segment` samples long."""
+
+    def __init__(self, speakers: Speakers, num_speakers: int, segment: int, gain_db: float, length: int) -> None:
+        self.speakers, self.num_speakers, self.segment, self.gain_db, self.length = speakers, num_speakers, segment, gain_db, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, str]:
+        return *draw_mixture(self.speakers, self.num_speakers, self.segment, self.gain_db, fresh()), f"dynamic{index}"
+
+
+class FixedMixtures(Dataset):
+    """`length` mixtures, the same every time: item i mixes the i-th speaker combination (in a seeded order,
+    cycled) with a random utterance of each, gains and offsets from seed (seed, i). segment None: "min" mode."""
+
+    def __init__(self, speakers: Speakers, num_speakers: int, segment: int | None, gain_db: float, length: int, seed: int) -> None:
+        if len(speakers) < num_speakers:
+            raise ValueError(
+                f"{num_speakers}-speaker mixtures need {num_speakers} speakers, got {len(speakers)}; "
+                "raise data.val_voices / data.test_voices or give a folder with more speakers"
+            )
+        self.speakers, self.num_speakers, self.segment, self.gain_db, self.length, self.seed = (
+            speakers, num_speakers, segment, gain_db, length, seed
+        )  # fmt: skip
+        combinations = list(itertools.combinations(range(len(speakers)), num_speakers))
+        order = np.random.default_rng(seed).permutation(len(combinations))
+        self.combinations = [combinations[i] for i in order]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, str]:
+        """(mixture (T,), sources (N, T), name "<index>_<speaker>-<speaker>")."""
+        rng = seeded(self.seed, index)
+        chosen = self.combinations[index % len(self.combinations)]
+        utterances = [self.speakers[s][int(rng.integers(len(self.speakers[s])))] for s in chosen]
+        return *mix(utterances, self.segment, self.gain_db, rng), f"{index:04d}_" + "-".join(map(str, chosen))
+
+
+class SeparationDataModule(L.LightningDataModule):
+    """Mixtures of `num_speakers` speakers at `sample_rate`.
+
+    Args:
+        name: the run name's data part.
+        train: where training speech comes from: "espeak" (synthetic voices, cached in cache_dir), "folder"
+            (train_path: a folder of recordings, see `sources.folder_speakers`), "librimix" or "wsj0_mix"
+            (train_path: the prepared set's root; its train and validation splits are used).
+        test: the test set: "espeak" (voices used neither in training nor validation), "folder" (mixtures of
+            the recordings under test_path, e.g. ../shared/data/speech/librivox), "librimix" or "wsj0_mix".
+        segment_seconds: length of training and validation mixtures.
+        gain_db: each source's level is drawn uniformly in [-gain_db, gain_db] dB (relative, unit RMS).
+        train_voices, val_voices, test_voices: espeak speakers of each set (disjoint); for "folder" training,
+            the last val_voices speakers of the folder validate.
+        utterances_per_voice: sentences each espeak voice reads (at most 50).
+        train_mixtures: dynamic mixtures per epoch; val_mixtures, test_mixtures: size of the fixed sets.
+        mode: "min" or "max", the LibriMix / wsj0-mix variant.
+        cache_dir: where synthesised speech is kept (default ~/.cache/seqmix/speech).
+    """
+
+    def __init__(
+        self,
+        name: str = "espeak",
+        num_speakers: int = 2,
+        sample_rate: int = 8000,
+        train: str = "espeak",
+        train_path: str | None = None,
+        test: str = "espeak",
+        test_path: str | None = None,
+        segment_seconds: float = 1.0,
+        gain_db: float = 2.5,
+        train_voices: int = 40,
+        val_voices: int = 8,
+        test_voices: int = 8,
+        utterances_per_voice: int = 20,
+        train_mixtures: int = 400,
+        val_mixtures: int = 32,
+        test_mixtures: int = 32,
+        mode: str = "min",
+        batch_size: int = 4,
+        num_workers: int = 0,
+        seed: int = 0,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        for key, value in (("train", train), ("test", test)):
+            if value not in SPEECH:
+                raise ValueError(f"data.{key}={value!r} is not one of {', '.join(SPEECH)}")
+            if value != "espeak" and (train_path if key == "train" else test_path) is None:
+                raise ValueError(f"data.{key}={value} needs data.{key}_path=DIR")
+        if num_speakers < 2:
+            raise ValueError(f"data.num_speakers must be at least 2 (a mixture), got {num_speakers}")
+        if sample_rate not in (8000, 16000):
+            raise ValueError(f"data.sample_rate must be 8000 or 16000, got {sample_rate}")
+        self.name, self.num_speakers, self.sample_rate = name, num_speakers, sample_rate
+        self.train, self.train_path, self.test, self.test_path = train, train_path, test, test_path
+        self.segment = round(segment_seconds * sample_rate)
+        self.gain_db, self.mode = gain_db, mode
+        self.voices = {"train": train_voices, "val": val_voices, "test": test_voices}
+        self.utterances_per_voice = utterances_per_voice
+        self.sizes = {"train": train_mixtures, "val": val_mixtures, "test": test_mixtures}
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE
+        self.datasets: dict[str, Dataset] = {}
+
+    def espeak_voices(self, split: str) -> Speakers:
+        """The espeak speakers of a split: catalogue indices train, then val, then test."""
+        start = {"train": 0, "val": self.voices["train"], "test": self.voices["train"] + self.voices["val"]}[split]
+        indices = range(start, start + self.voices[split])
+        return synthetic_speakers(indices, self.utterances_per_voice, self.sample_rate, self.cache_dir)
+
+    def prepared(self, layout: str, path: str, split: str) -> PreparedMixtures:
+        segment, random_crop = {"train": (self.segment, True), "val": (self.segment, False), "test": (None, False)}[split]
+        return PreparedMixtures.from_layout(
+            layout, path, split, self.sample_rate, self.num_speakers, self.mode,
+            segment=segment, random_crop=random_crop, seed=self.seed,
+        )  # fmt: skip
+
+    def setup_fit(self) -> None:
+        if self.train in LAYOUTS:
+            self.datasets["train"] = self.prepared(self.train, self.train_path, "train")
+            self.datasets["val"] = self.prepared(self.train, self.train_path, "val")
+            return
+        if self.train == "espeak":
+            train, val = self.espeak_voices("train"), self.espeak_voices("val")
+        else:
+            speakers = folder_speakers(self.train_path, self.sample_rate)
+            if len(speakers) - self.voices["val"] < self.num_speakers:
+                raise ValueError(f"{self.train_path} has {len(speakers)} speakers: too few to hold out data.val_voices={self.voices['val']}")
+            train, val = speakers[: -self.voices["val"]], speakers[-self.voices["val"] :]
+        self.datasets["train"] = DynamicMixtures(train, self.num_speakers, self.segment, self.gain_db, self.sizes["train"])
+        self.datasets["val"] = FixedMixtures(val, self.num_speakers, self.segment, self.gain_db, self.sizes["val"], self.seed)
+
+    def setup_test(self) -> None:
+        if self.test in LAYOUTS:
+            self.datasets["test"] = self.prepared(self.test, self.test_path, "test")
+            return
+        speakers = self.espeak_voices("test") if self.test == "espeak" else folder_speakers(self.test_path, self.sample_rate)
+        self.datasets["test"] = FixedMixtures(speakers, self.num_speakers, None, self.gain_db, self.sizes["test"], self.seed + 1)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit", "validate") and "train" not in self.datasets:
+            self.setup_fit()
+        if stage in (None, "test", "predict") and "test" not in self.datasets:
+            self.setup_test()
+
+    def loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            self.datasets[split], batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+        )  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", self.batch_size, shuffle=self.train in LAYOUTS)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val", self.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test", 1)  # whole utterances of different lengths
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

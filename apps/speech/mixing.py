@@ -1,0 +1,69 @@
+"""Mixtures of N speakers from single-speaker utterances: random pairs, gains and offsets (dynamic mixing).
+
+Every mixing function takes a numpy Generator, so a training draw is new each time and a validation or test
+set is the same every time (a fixed seed per item).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def pick_speakers(num_speakers_available: int, num_speakers: int, rng: np.random.Generator) -> list[int]:
+    """`num_speakers` different speaker indices, uniformly at random."""
+    if num_speakers_available < num_speakers:
+        raise ValueError(
+            f"mixtures of {num_speakers} speakers need at least {num_speakers} speakers, the corpus has "
+            f"{num_speakers_available}; add speakers (data.train_voices / more folders) or lower data.num_speakers"
+        )
+    return rng.choice(num_speakers_available, size=num_speakers, replace=False).tolist()
+
+
+def place(utterance: Tensor, length: int, rng: np.random.Generator) -> Tensor:
+    """The utterance in a window of `length` samples: a random crop if longer, else at a random offset in silence."""
+    if len(utterance) >= length:
+        start = int(rng.integers(0, len(utterance) - length + 1))
+        return utterance[start : start + length]
+    window = utterance.new_zeros(length)
+    start = int(rng.integers(0, length - len(utterance) + 1))
+    window[start : start + len(utterance)] = utterance
+    return window
+
+
+def mix(utterances: Sequence[Tensor], length: int | None, gain_db: float, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+    """(mixture (length,), sources (N, length)) from N utterances.
+
+    Each utterance is placed in the window (`place`; length None = the shortest utterance, the "min" mode of
+    wsj0-2mix), scaled to unit RMS over the window times a random gain in [-gain_db, gain_db] dB, and the
+    mixture is their sum; everything is scaled by one factor so that the mixture peaks at 0.9 at most.
+    """
+    length = min(len(u) for u in utterances) if length is None else length
+    sources = torch.stack([place(u, length, rng) for u in utterances])  # [N, T]
+    rms = sources.square().mean(dim=1, keepdim=True).sqrt().clamp_min(1e-8)
+    gains = torch.from_numpy(10 ** (rng.uniform(-gain_db, gain_db, size=(len(utterances), 1)) / 20)).float()
+    sources = sources / rms * gains
+    mixture = sources.sum(dim=0)
+    scale = min(1.0, 0.9 / mixture.abs().max().clamp_min(1e-8).item())
+    return mixture * scale, sources * scale
+
+
+def draw_mixture(
+    speakers: Sequence[Sequence[Tensor]], num_speakers: int, length: int | None, gain_db: float, rng: np.random.Generator
+) -> tuple[Tensor, Tensor]:
+    """One random mixture: `num_speakers` different speakers, one random utterance each (see `mix`)."""
+    chosen = pick_speakers(len(speakers), num_speakers, rng)
+    utterances = [speakers[s][int(rng.integers(len(speakers[s])))] for s in chosen]
+    return mix(utterances, length, gain_db, rng)
+
+
+def seeded(seed: int, index: int) -> np.random.Generator:
+    """The generator of item `index` of a fixed set."""
+    return np.random.default_rng([seed, index])
+
+
+def fresh() -> np.random.Generator:
+    """A generator seeded from torch's global RNG, which Lightning seeds per run and per data-loader worker."""
+    return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))

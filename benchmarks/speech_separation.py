@@ -1,0 +1,134 @@
+"""Speech separation benchmark through the speech app: SI-SNRi on mixtures of real LibriVox recordings.
+
+    python -m benchmarks.speech_separation [--models attention mamba2 gated_deltanet convtasnet] [--parallel 4] [-- overrides...]
+    python -m benchmarks.speech_separation --out speech_separation_cpu_smoke -- trainer.max_steps=5 data.train_voices=8
+
+Every model trains on the same two-speaker dynamic mixtures of espeak-ng voices with the same budget
+(`experiment=separation`: 2,000 steps of 8 two-second mixtures, at most 5 minutes) and is tested on the
+20 mixtures of the five LibriVox recordings in ../shared/data/speech/librivox. The espeak-ng speech is
+synthesised once into a shared cache before the models start (one synthesiser per CPU core); the models
+then train in parallel processes (on one GPU: trainer=gpu is added when CUDA is available). Prints the table
+and writes benchmarks/results/<out>.{json,md} with device, versions and date.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning
+import torch
+import torchaudio
+from hydra import compose, initialize_config_dir
+
+from apps.common.cli import register_mixers, register_resolvers
+from apps.speech.__main__ import APP
+from apps.speech.model import count_parameters
+from apps.speech.task import build_model
+from apps.speech.tts import synthesize_into_cache
+
+MODELS = {  # similar sizes: about 1.5 M parameters each (the table lists them)
+    "attention": ["model/mixer=attention", "model.d_model=144", "model.mlp_expand=4.0"],
+    "mamba2": ["model/mixer=mamba2"],
+    "gated_deltanet": ["model/mixer=gated_deltanet"],
+    "convtasnet": ["model=convtasnet_base"],
+}
+METRICS = {"test/si_snri": "SI-SNRi (dB)", "test/sdri": "SDRi (dB)", "test/si_snr": "SI-SNR (dB)"}
+RESULTS = Path(__file__).parent / "results"
+
+
+def compose_config(overrides: list[str]):
+    register_mixers(APP.config_dir)
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(APP.config_dir), version_base="1.3"):
+        return compose("config", overrides=["experiment=separation", *overrides])
+
+
+def presynthesize(overrides: list[str], workers: int) -> None:
+    """Fill the speech cache once for every voice the runs use (they would otherwise all synthesise)."""
+    data = compose_config(overrides).data
+    voices = data.train_voices + data.val_voices + (data.test_voices if data.test == "espeak" else 0)
+    synthesize_into_cache(range(voices), data.utterances_per_voice, data.sample_rate, data.cache_dir, workers)
+
+
+def launch(model: str, runs_dir: Path, overrides: list[str], threads: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "apps.speech", "train", "experiment=separation", f"name=separation_{model}",
+               f"paths.runs={runs_dir}", *MODELS[model], *overrides]  # fmt: skip
+    log = open(runs_dir / f"{model}.log", "w")
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+
+
+def row(model: str, runs_dir: Path, overrides: list[str]) -> dict:
+    (path,) = (runs_dir / "speech" / f"separation_{model}").rglob("metrics.json")
+    record = json.loads(path.read_text())
+    parameters = count_parameters(build_model(compose_config([*MODELS[model], *overrides])))
+    return {"model": model, "parameters": parameters, "steps": record["steps"], "run_seconds": record["seconds"],
+            **{key: record["metrics"][key] for key in METRICS}, "run_dir": record["run_dir"]}  # fmt: skip
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| model | parameters | steps | " + " | ".join(METRICS.values()) + " | run seconds |", "|" + "---|" * (len(METRICS) + 4)]
+    for r in rows:
+        scores = " | ".join(f"{r[key]:.2f}" for key in METRICS)
+        lines.append(f"| {r['model']} | {r['parameters'] / 1e6:.2f} M | {r['steps']} | {scores} | {r['run_seconds']:.0f} |")
+    baseline = [r["test/si_snri"] for r in rows if r["model"] == "convtasnet"]
+    mixers = [r for r in rows if r["model"] != "convtasnet"]
+    if baseline and mixers:
+        best = max(mixers, key=lambda r: r["test/si_snri"])
+        lines += ["", f"Best mixer ({best['model']}) minus Conv-TasNet: {best['test/si_snri'] - baseline[0]:+.2f} dB SI-SNRi (target: +2 dB)."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--parallel", type=int, default=4, help="models trained at the same time")
+    parser.add_argument("--out", default="speech_separation", help="file stem of the results under benchmarks/results")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/benchmarks"), help="runs go to a new dated folder in it")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. trainer.max_steps=1000")
+    args = parser.parse_args()
+    cache_dir = args.runs_dir.resolve() / "speech_cache"  # kept between invocations
+    args.runs_dir = args.runs_dir.resolve() / f"speech_separation_{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
+    args.runs_dir.mkdir(parents=True)
+    cores = os.cpu_count() or 1
+    overrides = [f"data.cache_dir={cache_dir}", *(["trainer=gpu"] if torch.cuda.is_available() else []), *args.overrides]
+    started = time.perf_counter()
+    presynthesize(overrides, workers=cores)
+    synthesis_seconds = time.perf_counter() - started
+    print(f"speech cache ready in {synthesis_seconds:.0f} s", flush=True)
+    pending, running = list(args.models), []
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            model = pending.pop(0)
+            running.append((model, launch(model, args.runs_dir, overrides, max(1, cores // args.parallel))))
+        time.sleep(2)
+        for model, process in list(running):
+            if process.poll() is not None:
+                running.remove((model, process))
+                if process.returncode:
+                    raise SystemExit(f"{model} failed (exit {process.returncode}); see {args.runs_dir / (model + '.log')}")
+    rows = [row(model, args.runs_dir, overrides) for model in args.models]
+    text = markdown(rows)
+    print(text)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
+    info = {
+        "benchmark": "2-speaker separation: trained on espeak-ng dynamic mixtures (8 kHz, same steps for every model), "
+        "tested on the 20 mixtures of 5 real LibriVox recordings",
+        "device": device, "cpu_cores": cores, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+        "torchaudio": torchaudio.__version__, "lightning": lightning.__version__, "overrides": overrides,
+        "synthesis_seconds": round(synthesis_seconds), "wall_seconds": round(time.perf_counter() - started), "rows": rows,
+    }  # fmt: skip
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(info, indent=2, default=float) + "\n")
+    header = f"{info['benchmark']}; {device}; torch {torch.__version__}; {info['date']}; wall {info['wall_seconds']} s\n\n"
+    (RESULTS / f"{args.out}.md").write_text(header + text + "\n")
+
+
+if __name__ == "__main__":
+    main()

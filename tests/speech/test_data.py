@@ -1,0 +1,149 @@
+"""Speech sources and mixing: espeak-ng synthesis and its cache, dynamic and fixed mixtures, folders of
+recordings, and the LibriMix / wsj0-mix layouts (written in miniature under tmp_path)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from apps.speech.data import DynamicMixtures, FixedMixtures, SeparationDataModule
+from apps.speech.espeak import Voice, synthesize
+from apps.speech.mixing import mix, place
+from apps.speech.sources import PreparedMixtures, folder_speakers
+from apps.speech.tts import ACCENTS, VARIANTS, cache_file, synthesize_into_cache, synthetic_speakers, voice
+
+LIBRIVOX = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "speech" / "librivox"
+needs_librivox = pytest.mark.skipif(not LIBRIVOX.is_dir(), reason=f"no recordings under {LIBRIVOX}")
+
+
+def test_espeak_voices_differ_and_synthesis_is_cached(tmp_path):
+    assert len({voice(i) for i in range(100)}) == 100
+    speakers = synthetic_speakers(range(2), utterances=3, sample_rate=8000, cache_dir=tmp_path)
+    assert [len(s) for s in speakers] == [3, 3]
+    for utterance in speakers[0]:
+        assert utterance.dtype == torch.float32 and 0.5 * 8000 < len(utterance) < 6 * 8000
+        assert utterance.abs().max() > 0.05  # speech, trimmed of silence at both ends
+        assert utterance[:80].abs().max() > 1e-3 or utterance[-80:].abs().max() > 1e-3
+    path = cache_file(tmp_path, voice(0), 8000)
+    assert path.is_file() and len(np.load(path).files) == 3
+    stamp = path.stat().st_mtime_ns  # the cache is read, not synthesised again
+    cached = synthetic_speakers(range(2), utterances=3, sample_rate=8000, cache_dir=tmp_path)
+    assert path.stat().st_mtime_ns == stamp and torch.equal(cached[0][1], speakers[0][1])
+    wideband = synthetic_speakers(range(2), utterances=3, sample_rate=16000, cache_dir=tmp_path)
+    assert len(wideband[0][0]) == pytest.approx(2 * len(speakers[0][0]), abs=2)
+
+
+def test_cache_fills_in_parallel_processes(tmp_path):
+    synthesize_into_cache(range(3), 2, 8000, tmp_path, workers=2)
+    for index in range(3):
+        assert len(np.load(cache_file(tmp_path, voice(index), 8000)).files) == 2
+
+
+def test_every_accent_and_variant_of_the_catalogue_speaks():
+    for language in ACCENTS:
+        assert len(synthesize("Hello.", Voice(language, "m1", 50, 160, 50))) > 1000
+    for variant in VARIANTS:
+        assert len(synthesize("Hello.", Voice("en", variant, 50, 160, 50))) > 1000
+
+
+def test_espeak_names_a_missing_voice():
+    with pytest.raises(ValueError, match="no voice variant 'nobody'"):
+        synthesize("hello", Voice("en", "nobody", 50, 160, 50))
+    with pytest.raises(ValueError, match="no language 'xx'"):
+        synthesize("hello", Voice("xx", "m1", 50, 160, 50))
+
+
+def test_mixture_is_the_sum_of_its_sources_with_gains_in_range():
+    rng = np.random.default_rng(0)
+    utterances = [torch.randn(3000), torch.randn(5000)]
+    for _ in range(20):
+        mixture, sources = mix(utterances, 4000, 5.0, rng)
+        assert mixture.shape == (4000,) and sources.shape == (2, 4000)
+        torch.testing.assert_close(mixture, sources.sum(0))
+        assert mixture.abs().max() <= 0.9 + 1e-6
+        rms = sources.square().mean(1).sqrt()  # unit RMS over the window times a gain in [-5, 5] dB each
+        assert abs(20 * torch.log10(rms[0] / rms[1])) <= 10 + 1e-4
+    mixture, sources = mix(utterances, None, 0.0, rng)  # "min" mode: the shorter utterance's length
+    assert mixture.shape == (3000,)
+
+
+def test_place_crops_long_and_pads_short_utterances():
+    rng = np.random.default_rng(1)
+    long = torch.arange(1.0, 101.0)
+    crop = place(long, 10, rng)
+    assert len(crop) == 10 and torch.equal(crop, torch.arange(crop[0], crop[0] + 10))
+    short = place(torch.ones(4), 10, rng)
+    assert short.sum() == 4 and len(short) == 10
+
+
+def test_fixed_mixtures_repeat_and_dynamic_mixtures_do_not():
+    speakers = [[torch.randn(2000) for _ in range(2)] for _ in range(4)]
+    fixed = FixedMixtures(speakers, 2, 1000, 2.5, length=8, seed=3)
+    first, again = fixed[5], fixed[5]
+    assert torch.equal(first[0], again[0]) and first[2] == again[2]
+    assert len({fixed[i][2].split("_")[1] for i in range(6)}) == 6  # all 6 speaker pairs before any repeats
+    dynamic = DynamicMixtures(speakers, 2, 1000, 2.5, length=8)
+    assert not torch.equal(dynamic[0][0], dynamic[0][0])
+    with pytest.raises(ValueError, match="need 3 speakers"):
+        FixedMixtures(speakers[:2], 3, 1000, 2.5, length=1, seed=0)
+
+
+def write_tone(path: Path, seconds: float, rate: int, frequency: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * rate)) / rate
+    soundfile.write(path, 0.3 * np.sin(2 * np.pi * frequency * t), rate)
+
+
+def test_folder_speakers_by_subdirectory_or_by_file(tmp_path):
+    for speaker in ("a", "b"):
+        for k in range(2):
+            write_tone(tmp_path / "by_dir" / speaker / "chapter" / f"{k}.wav", 0.5, 16000, 200 + k)
+    speakers = folder_speakers(tmp_path / "by_dir", 8000)
+    assert [len(s) for s in speakers] == [2, 2] and len(speakers[0][0]) == 4000
+    write_tone(tmp_path / "flat" / "x.flac", 0.25, 8000, 300)
+    write_tone(tmp_path / "flat" / "y.wav", 0.25, 8000, 400)
+    assert [len(s) for s in folder_speakers(tmp_path / "flat", 8000)] == [1, 1]
+    with pytest.raises(FileNotFoundError, match="no folder of recordings"):
+        folder_speakers(tmp_path / "missing", 8000)
+
+
+@needs_librivox
+def test_librivox_test_mixtures_pair_every_recording():
+    data = SeparationDataModule(test="folder", test_path=str(LIBRIVOX), test_mixtures=10)
+    data.setup("test")
+    items = [data.datasets["test"][i] for i in range(10)]
+    assert len({name.split("_")[1] for _, _, name in items}) == 10  # the 10 pairs of 5 recordings
+    for mixture, sources, _ in items:
+        assert sources.shape == (2, len(mixture)) and len(mixture) > 2 * 8000  # whole utterances ("min" mode)
+
+
+@pytest.mark.parametrize("layout", ["librimix", "wsj0_mix"])
+def test_prepared_mixture_layouts(layout, tmp_path):
+    split_dir = tmp_path / ("wav8k/min/test" if layout == "librimix" else "2speakers/wav8k/min/tt")
+    mixture_dir = "mix_clean" if layout == "librimix" else "mix"
+    for name in ("m1", "m2"):
+        for folder, frequency in ((mixture_dir, 100), ("s1", 200), ("s2", 300)):
+            write_tone(split_dir / folder / f"{name}.wav", 0.5, 8000, frequency)
+    if layout == "librimix":  # the metadata CSV lists the mixtures, here only one of the two
+        (tmp_path / "wav8k/min/metadata").mkdir(parents=True)
+        (tmp_path / "wav8k/min/metadata/mixture_test_mix_clean.csv").write_text("mixture_ID,mixture_path\nm2,x\n")
+    data = PreparedMixtures.from_layout(layout, tmp_path, "test", 8000, num_speakers=2)
+    assert len(data) == (1 if layout == "librimix" else 2)
+    mixture, sources, name = data[0]
+    assert mixture.shape == (4000,) and sources.shape == (2, 4000) and name == ("m2" if layout == "librimix" else "m1")
+    cropped = PreparedMixtures.from_layout(layout, tmp_path, "test", 8000, num_speakers=2, segment=1000)
+    assert cropped[0][1].shape == (2, 1000)
+    with pytest.raises(FileNotFoundError, match="data.path must be the"):
+        PreparedMixtures.from_layout(layout, tmp_path / "nowhere", "test", 8000, num_speakers=2)
+
+
+def test_datamodule_rejects_bad_settings():
+    with pytest.raises(ValueError, match="data.train='tts' is not one of"):
+        SeparationDataModule(train="tts")
+    with pytest.raises(ValueError, match="needs data.test_path"):
+        SeparationDataModule(test="folder")
+    with pytest.raises(ValueError, match="8000 or 16000"):
+        SeparationDataModule(sample_rate=44100)
