@@ -118,9 +118,10 @@ class ShortConv(nn.Module):
         if state is None:
             state = x.new_zeros(B, width, C)
         full = torch.cat([state.to(x.dtype), x], dim=1)  # [B, width + T, C]
-        y = depthwise_causal_conv(full, self.conv.weight[:, 0].t(), T)
+        # weights in the input's dtype, as nn.Conv1d under autocast: the output keeps x's dtype (bf16 stays bf16)
+        y = depthwise_causal_conv(full, self.conv.weight[:, 0].t().to(x.dtype), T)
         if self.conv.bias is not None:
-            y = y + self.conv.bias
+            y = y + self.conv.bias.to(x.dtype)
         if mask is None:
             tail = full[:, full.shape[1] - width:]
         else:

@@ -118,7 +118,7 @@ class Mamba2(Mixer):
         if self.dt_limit != (0.0, math.inf):
             dt = dt.clamp(*self.dt_limit)
         g = dt * -self.A_log.to(dtype).exp()
-        v = (xs * dt.unsqueeze(-1)).to(x.dtype)
+        v = (xs * dt.unsqueeze(-1)).to(xs.dtype)  # the projections' dtype (bf16 under autocast), like b and c
         o, recurrent = recur(c, b, v, g, None if state is None else state.recurrent, mask, scale=1.0, impl=self.impl)
         y = o + xs * self.D.unsqueeze(-1).to(xs.dtype)
         return self.out_proj(self.norm(y.flatten(-2), z)), RecurrentState(recurrent, conv)

@@ -142,7 +142,9 @@ class RWKV7(Mixer):
         kappa = l2_normalize((k * self.k_k).unflatten(-1, heads))  # [B, T, H, K]
         k = k * (1 + (eta - 1) * self.k_a)
         r, k, v, eta, g = (t.unflatten(-1, heads) for t in (r, k, v, eta, g))
-        b = kappa * eta
+        # float32 parameters promote k and kappa; the op takes r, k, v, a, b in one dtype (the projections')
+        k, kappa = k.to(r.dtype), kappa.to(r.dtype)
+        b = kappa * eta.to(r.dtype)
         if mask is not None:
             k, g = mask_padding(k, g, mask)
             b, _ = mask_padding(b, None, mask)

@@ -116,8 +116,8 @@ class MemoryLayer(nn.Module):
             qkv, conv = self.conv(qkv, None if state is None else state.conv, mask)
         q, k, v = qkv.unflatten(-1, (3, H, K)).unbind(2)
         q, k = l2_normalize(q), l2_normalize(k)
-        if self.feature_map is not None:
-            q, k = self.feature_map(q), self.feature_map(k)
+        if self.feature_map is not None:  # its float32 coefficients must not promote q, k past v's dtype
+            q, k = self.feature_map(q).to(v.dtype), self.feature_map(k).to(v.dtype)
         gates = dict(zip(self.gate_names, self.gate_proj(x).to(gate_dtype(x)).unflatten(-1, (-1, H)).unbind(2)))
         o, h, memory = neural_memory(
             q, k, v,

@@ -110,6 +110,18 @@ def test_trains_without_nan(name: str, dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize("name", MIXERS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_trains_under_bf16_autocast(name: str, dtype: torch.dtype) -> None:
+    """float32 parameters, projections in bf16 by autocast, float32 or bf16 inputs: what Lightning's bf16-mixed does."""
+    mixer = make(name, torch.float32).train()
+    x = randn(2, 33, D_MODEL, dtype=dtype).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = mixer(x)
+    y.float().square().mean().backward()
+    assert y.shape == x.shape and torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("name", MIXERS)
 def test_bad_input_raises_clear_errors(name: str) -> None:
     mixer = make(name, torch.float32)
     with pytest.raises(ValueError, match="shape"):
