@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -78,7 +79,10 @@ def resolve_checkpoint(app: App, verb: str, overrides: list[str]) -> list[str]:
             cfg = compose("config", overrides=given)
         search_dir = Path(cfg.paths.runs) / cfg.app / cfg.name
     path = find_checkpoint(values[-1], search_dir, "last.ckpt" if verb == "train" else "best.ckpt")
-    return merge_overrides(checkpoint_overrides(path), [*given, f"ckpt_path={path}"])
+    stored = checkpoint_overrides(path)
+    if verb in app.replay:
+        stored = [item for item in stored if re.split(r"[./]", override_key(item))[0] in app.replay[verb]]
+    return merge_overrides(stored, [*given, f"ckpt_path={path}"])
 
 
 @contextlib.contextmanager

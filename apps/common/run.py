@@ -35,6 +35,9 @@ class App:
     verbs: the app's own verbs besides train/eval/predict (say `separate`, `embed`, `collect`), each called
         with (config, app) under Hydra like the shared ones.
     checkpoint_verbs: those of `verbs` that need `ckpt_path=` (it is resolved and its overrides replayed).
+    replay: for a checkpoint verb, the config groups/keys whose stored overrides are replayed (their first name,
+        e.g. ("model",) for a fine-tuning verb that takes the pretrained model but not its data); verbs not
+        listed replay every stored override.
     """
 
     name: str
@@ -43,6 +46,7 @@ class App:
     write_predictions: Callable[[list[Any], L.LightningDataModule, Path], Any]
     verbs: dict[str, Callable[[DictConfig, App], Any]] = field(default_factory=dict)
     checkpoint_verbs: tuple[str, ...] = ()
+    replay: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def all_verbs(self) -> dict[str, Callable[[DictConfig, App], Any]]:
         """The shared verbs and the app's own (an app's verb of the same name wins)."""
@@ -82,7 +86,7 @@ def train(cfg: DictConfig, app: App) -> dict[str, float]:
     checkpoint = best_checkpoint(trainer)
     metrics = trainer.test(task, datamodule=datamodule, ckpt_path=checkpoint)[0]
     if trainer.is_global_zero:
-        timing = {"epochs": trainer.current_epoch, "seconds_per_epoch": round(fit_seconds / epochs, 2)}
+        timing = {"epochs": trainer.current_epoch, "steps": trainer.global_step, "seconds_per_epoch": round(fit_seconds / epochs, 2)}
         write_metrics(output_dir, metrics, **run_info(cfg, started, checkpoint=checkpoint, resumed_from=cfg.ckpt_path, **timing))
         log.info("run directory: %s", output_dir)
     return metrics
