@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,24 +86,32 @@ def record_rollouts(agent: SAC, env_id: str, transitions: int, seed: int, determ
     return data, returns
 
 
-def collect(cfg: DictConfig, app: Any) -> dict[str, str]:
-    """Train SAC on cfg.collect.env, write the rollout and replay data sets; returns {kind: path}."""
-    settings = cfg.collect
+def make_dataset(settings: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Train SAC as `settings` say (a `collect` config), write the rollout and replay data sets and their info
+    to out_dir; returns {kind: path}. Also how `data=pendulum` makes its data on first use."""
     started = time.perf_counter()
-    out_dir = Path(settings.out_dir or cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    agent = SAC("MlpPolicy", settings.env, seed=settings.seed, buffer_size=settings.sac_steps + 1,
-                learning_starts=settings.learning_starts, device=settings.device, verbose=0)
-    agent.learn(settings.sac_steps, callback=ProgressBar(settings.sac_steps))
-    rollouts, returns = record_rollouts(agent, settings.env, settings.transitions, settings.seed + 1, settings.deterministic)
-    paths = {"rollouts": out_dir / f"{settings.name}-rollouts.npz", "replay": out_dir / f"{settings.name}-replay.npz",
-             "info": out_dir / f"{settings.name}-info.json"}
+    agent = SAC("MlpPolicy", settings["env"], seed=settings["seed"], buffer_size=settings["sac_steps"] + 1,
+                learning_starts=settings["learning_starts"], device=settings["device"], verbose=0)
+    agent.learn(settings["sac_steps"], callback=ProgressBar(settings["sac_steps"]))
+    rollouts, returns = record_rollouts(agent, settings["env"], settings["transitions"], settings["seed"] + 1,
+                                        settings["deterministic"])
+    name = settings["name"]
+    paths = {"rollouts": out_dir / f"{name}-rollouts.npz", "replay": out_dir / f"{name}-replay.npz",
+             "info": out_dir / f"{name}-info.json"}
     np.savez_compressed(paths["rollouts"], **rollouts)
     np.savez_compressed(paths["replay"], **replay_arrays(agent))
-    info = {"env": settings.env, "sac_steps": settings.sac_steps, "rollout_transitions": settings.transitions,
+    info = {"env": settings["env"], "sac_steps": settings["sac_steps"], "rollout_transitions": settings["transitions"],
             "rollout_episodes_finished": len(returns), "rollout_return_mean": float(np.mean(returns)) if returns else None,
-            "deterministic": settings.deterministic, "seed": settings.seed, "seconds": round(time.perf_counter() - started, 1),
-            "generator": "stable-baselines3 SAC (MlpPolicy) through python -m apps.rl collect"}
+            "deterministic": settings["deterministic"], "seed": settings["seed"],
+            "seconds": round(time.perf_counter() - started, 1),
+            "generator": "stable-baselines3 SAC (MlpPolicy) through apps.rl.collect"}
     paths["info"].write_text(json.dumps(info, indent=1) + "\n")
     log.info("wrote %s", ", ".join(str(path) for path in paths.values()))
-    return {kind: str(path) for kind, path in paths.items()}
+    return paths
+
+
+def collect(cfg: DictConfig, app: Any) -> dict[str, str]:
+    """The verb: `make_dataset(cfg.collect)` into cfg.collect.out_dir or the run directory; returns {kind: path}."""
+    out_dir = Path(cfg.collect.out_dir or cfg.paths.output_dir)
+    return {kind: str(path) for kind, path in make_dataset(cfg.collect, out_dir).items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import gymnasium as gym
 import lightning as L
@@ -126,6 +127,8 @@ class OfflineRLDataModule(L.LightningDataModule):
             inference, which carries its state from the start of an episode, sees).
         batch_size, batches_per_epoch: windows per batch and batches per training epoch.
         predict_episodes: data episodes the `predict` verb runs the policy on.
+        generate: a `collect` config (SAC settings) that makes the data set when `path` does not exist yet; its
+            `<name>-rollouts.npz` must be `path`. This is how the offline default `data=pendulum` needs no files.
     """
 
     def __init__(
@@ -139,6 +142,7 @@ class OfflineRLDataModule(L.LightningDataModule):
         batches_per_epoch: int = 100,
         num_workers: int = 0,
         predict_episodes: int = 4,
+        generate: dict | None = None,
     ) -> None:
         super().__init__()
         if not targets:
@@ -150,11 +154,14 @@ class OfflineRLDataModule(L.LightningDataModule):
         self.requested_context = context
         self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
         self.num_workers, self.predict_episodes = num_workers, predict_episodes
+        self.generate = dict(generate) if generate else None
         self.episodes: list[Episode] = []
 
     def setup(self, stage: str | None = None) -> None:
         if self.episodes:
             return
+        if self.generate is not None and not Path(self.path).expanduser().is_file():
+            self.make_data()
         data = load_transitions(self.path)
         self.obs_dim, self.act_dim, self.action_high = environment_spaces(self.env["id"])
         if data.observations.shape[1] != self.obs_dim or data.actions.shape[1] != self.act_dim:
@@ -179,6 +186,17 @@ class OfflineRLDataModule(L.LightningDataModule):
                  self.name, len(data), len(self.episodes), min(len(ep) for ep in self.episodes), self.longest,
                  returns.mean(), returns.std(), returns.max(), self.context)
         self.windows = WindowDataset(self.episodes, self.context)
+
+    def make_data(self) -> None:
+        """Collect the data set at `path` with `generate`'s SAC settings (once; later runs load the file)."""
+        from apps.rl.collect import make_dataset  # stable-baselines3 loads only when data is generated
+
+        path = Path(self.path).expanduser()
+        expected = f"{self.generate['name']}-rollouts.npz"
+        if path.name != expected:
+            raise ValueError(f"data.path {path} must end in {expected} (data.generate.name) for the data it generates")
+        log.info("%s does not exist yet: collecting it with SAC in %s (once)", path, self.generate["env"])
+        make_dataset(self.generate, path.parent)
 
     def train_dataloader(self) -> DataLoader:
         sampler = WeightedRandomSampler(self.windows.weights, self.batch_size * self.batches_per_epoch, replacement=True)

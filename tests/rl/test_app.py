@@ -88,3 +88,16 @@ def test_data_of_another_environment_is_refused(pendulum, tmp_path, capsys):
     assert "but Hopper-v5 has 11 and 3; pick the data set's environment" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="rollout needs a checkpoint"):
         cli("rollout")
+
+
+def test_default_data_is_collected_once_when_missing(tmp_path):
+    """The offline default (data=pendulum) makes its data set with SAC on first use, then reuses the file."""
+    small = ["data.generate.sac_steps=200", "data.generate.learning_starts=150", "data.generate.transitions=250"]
+    trained = cli("train", *small, *TINY, "trainer.max_epochs=1", f"paths.runs={tmp_path}")
+    data_file = tmp_path / "rl" / "data" / "pendulum-medium-rollouts.npz"
+    assert data_file.is_file() and len(load_transitions(data_file)) == 250 and "test/score" in trained
+    made = data_file.stat().st_mtime_ns
+    cli("train", *small, *TINY, "trainer.max_epochs=1", f"paths.runs={tmp_path}")
+    assert data_file.stat().st_mtime_ns == made  # loaded, not collected again
+    with pytest.raises(SystemExit):  # a path that the generated name cannot produce
+        cli("train", *small, *TINY, f"paths.runs={tmp_path}", f"data.path={tmp_path / 'other.npz'}")
