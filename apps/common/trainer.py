@@ -6,9 +6,10 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -20,7 +21,11 @@ class StoreOverrides(L.Callback):
     run are rebuilt exactly without the user repeating them.
     """
 
-    def __init__(self, overrides: list[str]) -> None:
+    def __init__(self, overrides: list[str] | None = None) -> None:
+        # None: this run's command line, as typed: an override holding ${...} is stored unresolved (resolving it
+        # here would resolve it twice), and replayed in the config of the verb that loads the checkpoint
+        if overrides is None:
+            overrides = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
         self.overrides = list(overrides)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:

@@ -113,11 +113,14 @@ def test_train_eval_predict_on_default_data(tmp_path):
 
 @needs_ett
 def test_etth1_single_target_train_eval_predict(tmp_path):
-    """ETTh1 with features=MS: all 7 channels in, OT out (n_outputs < n_inputs)."""
-    overrides = ["experiment=etth1", f"data.path={DATA}", "data.features=MS", *TINY, f"paths.runs={tmp_path}"]
+    """ETTh1 with features=MS: all 7 channels in, OT out (n_outputs < n_inputs). The data path is given as an
+    interpolation, which the checkpoint stores as typed and eval/predict resolve again."""
+    data = "data.path=${paths.data}/timeseries"  # ../shared/data (or $SEQMIX_DATA), where DATA lies
+    overrides = ["experiment=etth1", data, "data.features=MS", *TINY, f"paths.runs={tmp_path}"]
     trained = cli("train", *overrides)
     train_dir = only_run(tmp_path)
     assert metrics_of(train_dir)["name"] == "etth1"
+    assert data in checkpoint_overrides(train_dir / "checkpoints" / "best.ckpt")
     evaluated = cli("eval", f"ckpt_path={train_dir / 'checkpoints' / 'best.ckpt'}")
     assert evaluated["test/mse"] == pytest.approx(trained["test/mse"], rel=1e-5)
     forecast = cli("predict", f"ckpt_path={train_dir}")
