@@ -19,7 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from core.ops import delta_rule, dplr_delta_rule, linear_recurrence, linear_scan, log_linear_scan, mlstm, selective_scan
+from core.ops import (
+    MemorySpec, delta_rule, dplr_delta_rule, forgetting_attention, linear_recurrence, linear_scan, log_linear_scan, mlstm,
+    neural_memory, selective_scan,
+)
 
 RESULTS = Path(__file__).parent / "results" / "ops_cpu.json"
 IMPLS = ("naive", "chunk")
@@ -33,7 +36,7 @@ class Case:
     op: str
     name: str
     fn: Callable[..., tuple[Tensor, ...]]  # called as fn(**inputs, impl=...); the first output is compared
-    make_inputs: Callable[[torch.Generator], dict[str, Tensor | None]]
+    make_inputs: Callable[[torch.Generator], dict[str, object]]  # keyword arguments of fn: tensors, options
 
 
 def linear_recurrence_inputs(gate: str) -> Callable[[torch.Generator], dict[str, Tensor | None]]:
@@ -111,6 +114,29 @@ def log_linear_scan_inputs(rng: torch.Generator) -> dict[str, Tensor]:
     return dict(log_a=-F.softplus(k), log_b=-F.softplus(-k) + torch.log(torch.rand(B, T, D, generator=rng) + 0.5))
 
 
+def forgetting_attention_inputs(rng: torch.Generator) -> dict[str, Tensor]:
+    """FoX: q, k, v (B, T, H, K|V) and log forget gates logsigmoid(. + 3) (B, T, H)."""
+    B, T, H, K, V = SHAPE.values()
+    q, k, v = (torch.randn(B, T, H, D, generator=rng) for D in (K, K, V))
+    return dict(q=q, k=k, v=v, log_f=F.logsigmoid(torch.randn(B, T, H, generator=rng) + 3))
+
+
+TITANS_MEMORY = MemorySpec(key_dim=SHAPE["K"], value_dim=SHAPE["V"], kind="mlp", hidden=SHAPE["K"], depth=2)
+
+
+def neural_memory_inputs(rng: torch.Generator) -> dict[str, object]:
+    """Titans' memory (2-layer MLP, L2 loss, momentum, decay), chunks of 16: L2-normalised q, k, v (B, T, H, K|V),
+    step size 0.05 sigmoid(.), retention and momentum near sigmoid(3) / 0.5, random initial weights (H, ...)."""
+    B, T, H, K, V = SHAPE.values()
+    q, k = (F.normalize(torch.randn(B, T, H, K, generator=rng), dim=-1) for _ in range(2))
+    gate = lambda shift: torch.randn(B, T, H, generator=rng) + shift  # noqa: E731
+    weights = [torch.randn(H, *shape, generator=rng) / shape[-1] ** 0.5 for shape in TITANS_MEMORY.shapes]
+    return dict(q=q, k=k, v=torch.randn(B, T, H, V, generator=rng), theta=0.05 * torch.sigmoid(gate(0)),
+                log_r=F.logsigmoid(gate(3)), log_eta=F.logsigmoid(gate(0)), spec=TITANS_MEMORY, initial_weights=weights)
+
+
+CASES.append(Case("forgetting_attention", "FoX, blockwise vs full T x T", forgetting_attention, forgetting_attention_inputs))
+CASES.append(Case("neural_memory", "Titans MLP memory, chunks of 16", neural_memory, neural_memory_inputs))
 CASES.append(Case("selective_scan", "Mamba-1, D=128, N=16", selective_scan, selective_scan_inputs))
 CASES.append(Case("linear_scan", "real, D=256", linear_scan, linear_scan_inputs))
 CASES.append(Case("log_linear_scan", "minGRU, D=256", log_linear_scan, log_linear_scan_inputs))
