@@ -22,7 +22,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,9 @@ from pathlib import Path
 import lightning
 import torch
 
-# resolved here: an interpolation inside an override would be resolved again where checkpoints store the overrides
+from benchmarks.parallel import run_parallel
+
+# the data directory, resolved here so that the table's runs name the files they read
 DATA_GENOMICS = Path(os.environ.get("SEQMIX_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")) / "genomics"
 SHAPE = ["model.depth=4", "model.mlp_expand=2.0"]
 MAMBA2 = ["model/mixer=mamba2", "+model.mixer.options.d_state=32", "+model.mixer.options.head_dim=32", "model.d_model=80"]
@@ -62,26 +63,13 @@ def budget(steps: int, minutes: float, batches_per_epoch: int) -> list[str]:
             "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", "data.batch_size=64", "data.val_windows=512"]
 
 
-def launch(label: str, verb: str, overrides: list[str], runs_dir: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "apps.genomics", verb, f"paths.runs={runs_dir}", f"hydra.run.dir={runs_dir / label}", *overrides]
-    log = open(runs_dir / f"{label}.log", "w")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-
-
 def run_all(jobs: dict[str, tuple[str, list[str]]], runs_dir: Path, parallel: int) -> list[str]:
     """Run {label: (verb, overrides)} with at most `parallel` processes at once; returns the labels that failed."""
-    pending, running, failed = list(jobs), [], []
-    while pending or running:
-        while pending and len(running) < parallel:
-            label = pending.pop(0)
-            running.append((label, launch(label, *jobs[label], runs_dir)))
-        time.sleep(2)
-        for label, process in list(running):
-            if process.poll() is not None:
-                running.remove((label, process))
-                if process.returncode:
-                    failed.append(label)
-                    print(f"{label} failed (exit {process.returncode}); see {runs_dir / (label + '.log')}", flush=True)
+    commands = {label: [sys.executable, "-m", "apps.genomics", verb, f"paths.runs={runs_dir}",
+                        f"hydra.run.dir={runs_dir / label}", *overrides] for label, (verb, overrides) in jobs.items()}
+    failed = run_parallel(commands, runs_dir, parallel, keep_going=True)
+    for label in failed:
+        print(f"{label} failed; see {runs_dir / (label + '.log')}", flush=True)
     return failed
 
 

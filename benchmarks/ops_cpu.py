@@ -21,7 +21,7 @@ from torch import Tensor
 
 from core.ops import (
     MemorySpec, delta_rule, dplr_delta_rule, forgetting_attention, linear_recurrence, linear_scan, log_linear_scan, mlstm,
-    neural_memory, selective_scan,
+    neural_memory, prefix_attention, selective_scan,
 )
 
 RESULTS = Path(__file__).parent / "results" / "ops_cpu.json"
@@ -135,6 +135,13 @@ def neural_memory_inputs(rng: torch.Generator) -> dict[str, object]:
                 log_r=F.logsigmoid(gate(3)), log_eta=F.logsigmoid(gate(0)), spec=TITANS_MEMORY, initial_weights=weights)
 
 
+def prefix_attention_inputs(rng: torch.Generator) -> dict[str, Tensor]:
+    """Aaren: scores s (B, T, H) of a learned query against every key, values v (B, T, H, V)."""
+    B, T, H, K, V = SHAPE.values()
+    return dict(s=torch.randn(B, T, H, generator=rng) * 2, v=torch.randn(B, T, H, V, generator=rng))
+
+
+CASES.append(Case("prefix_attention", "Aaren, prefix softmax", prefix_attention, prefix_attention_inputs))
 CASES.append(Case("forgetting_attention", "FoX, blockwise vs full T x T", forgetting_attention, forgetting_attention_inputs))
 CASES.append(Case("neural_memory", "Titans MLP memory, chunks of 16", neural_memory, neural_memory_inputs))
 CASES.append(Case("selective_scan", "Mamba-1, D=128, N=16", selective_scan, selective_scan_inputs))

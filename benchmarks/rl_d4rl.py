@@ -24,13 +24,14 @@ import datetime
 import importlib.metadata
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+
+from benchmarks.parallel import run_parallel
 
 MODELS = {
     "dt_attention": ["model/mixer=attention"],
@@ -57,29 +58,6 @@ LATENCY = {  # (model, inference): the halfcheetah-medium seed-0 checkpoint it i
     "dt_attention (window: whole context every step)": ("dt_attention", "window"),
 }
 RESULTS = Path(__file__).parent / "results"
-
-
-def launch(command: list[str], log: Path) -> subprocess.Popen:
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=environment)
-
-
-def run_all(jobs: list[tuple[str, list[str], Path]], parallel: int) -> None:
-    """Run (name, command, log) jobs, `parallel` at a time, in order; SystemExit naming the first that fails."""
-    pending, running = list(jobs), []
-    while pending or running:
-        while pending and len(running) < parallel:
-            name, command, log = pending.pop(0)
-            running.append((name, log, launch(command, log)))
-        time.sleep(1)
-        for job in list(running):
-            name, log, process = job
-            if process.poll() is not None:
-                running.remove(job)
-                if process.returncode:
-                    for _, _, other in running:  # stop the rest: the table needs every run
-                        other.terminate()
-                    raise SystemExit(f"{name} failed (exit {process.returncode}); see {log}")
 
 
 def train_command(dataset: str, model: str, seed: int, run_dir: Path, args: argparse.Namespace) -> list[str]:
@@ -148,28 +126,27 @@ def main() -> None:
     args.overrides = accelerator + args.overrides
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    jobs = []  # the 1000-step HalfCheetah runs first, so that the short Hopper runs fill the end
+    jobs = {}  # the 1000-step HalfCheetah runs first, so that the short Hopper runs fill the end
     for dataset in args.datasets:
         for model in args.models:
             for seed in args.seeds:
                 run_dir = args.runs_dir / dataset / model / f"seed{seed}"
-                jobs.append((f"{dataset} {model} seed {seed}", train_command(dataset, model, seed, run_dir, args),
-                             args.runs_dir / f"{dataset}_{model}_seed{seed}.log"))
-    run_all(jobs, args.parallel)
+                jobs[f"{dataset}_{model}_seed{seed}"] = train_command(dataset, model, seed, run_dir, args)
+    run_parallel(jobs, args.runs_dir, args.parallel, threads=1)
     trained_seconds = time.perf_counter() - started
     rows = training_rows(args.runs_dir, args.datasets, args.models, args.seeds)
 
     latency_dataset, latency_seed = args.latency_dataset, args.seeds[0]
     latency_labels = [label for label, (model, _) in LATENCY.items() if model in args.models and latency_dataset in args.datasets]
-    latency_jobs = []
+    latency_jobs = {}
     for label in latency_labels:
         model, inference = LATENCY[label]
         checkpoint = args.runs_dir / latency_dataset / model / f"seed{latency_seed}"
         out_dir = latency_dir(args.runs_dir, label)
-        latency_jobs.append((label, [sys.executable, "-m", "apps.rl", "rollout", f"ckpt_path={checkpoint}", f"task.inference={inference}",
-                                     f"paths.runs={args.runs_dir}", f"hydra.run.dir={out_dir}", *accelerator],
-                             args.runs_dir / f"latency_{model}_{inference}.log"))
-    run_all(latency_jobs, max(len(latency_jobs), 1))
+        latency_jobs[f"latency_{model}_{inference}"] = [
+            sys.executable, "-m", "apps.rl", "rollout", f"ckpt_path={checkpoint}", f"task.inference={inference}",
+            f"paths.runs={args.runs_dir}", f"hydra.run.dir={out_dir}", *accelerator]
+    run_parallel(latency_jobs, args.runs_dir, max(len(latency_jobs), 1), threads=1)
     latency = latency_rows(args.runs_dir, latency_labels)
 
     text = "\n\n".join([

@@ -17,7 +17,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from apps.speech.__main__ import APP
 from apps.speech.model import count_parameters
 from apps.speech.task import build_model
 from apps.speech.tts import synthesize_into_cache
+from benchmarks.parallel import run_parallel
 
 MODELS = {  # similar sizes: about 1.5 M parameters each (the table lists them)
     "attention": ["model/mixer=attention", "model.d_model=144", "model.mlp_expand=4.0"],
@@ -57,11 +57,9 @@ def presynthesize(overrides: list[str], workers: int) -> None:
     synthesize_into_cache(range(voices), data.utterances_per_voice, data.sample_rate, data.cache_dir, workers)
 
 
-def launch(model: str, runs_dir: Path, overrides: list[str], threads: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "apps.speech", "train", "experiment=separation", f"name=separation_{model}",
-               f"paths.runs={runs_dir}", *MODELS[model], *overrides]  # fmt: skip
-    log = open(runs_dir / f"{model}.log", "w")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+def command(model: str, runs_dir: Path, overrides: list[str]) -> list[str]:
+    return [sys.executable, "-m", "apps.speech", "train", "experiment=separation", f"name=separation_{model}",
+            f"paths.runs={runs_dir}", *MODELS[model], *overrides]  # fmt: skip
 
 
 def row(model: str, runs_dir: Path, overrides: list[str]) -> dict:
@@ -102,17 +100,8 @@ def main() -> None:
     presynthesize(overrides, workers=cores)
     synthesis_seconds = time.perf_counter() - started
     print(f"speech cache ready in {synthesis_seconds:.0f} s", flush=True)
-    pending, running = list(args.models), []
-    while pending or running:
-        while pending and len(running) < args.parallel:
-            model = pending.pop(0)
-            running.append((model, launch(model, args.runs_dir, overrides, max(1, cores // args.parallel))))
-        time.sleep(2)
-        for model, process in list(running):
-            if process.poll() is not None:
-                running.remove((model, process))
-                if process.returncode:
-                    raise SystemExit(f"{model} failed (exit {process.returncode}); see {args.runs_dir / (model + '.log')}")
+    run_parallel({model: command(model, args.runs_dir, overrides) for model in args.models}, args.runs_dir,
+                 args.parallel, threads=max(1, cores // args.parallel))
     rows = [row(model, args.runs_dir, overrides) for model in args.models]
     text = markdown(rows)
     print(text)

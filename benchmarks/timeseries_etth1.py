@@ -16,7 +16,6 @@ import argparse
 import datetime
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from apps.common.results import load_runs
+from benchmarks.parallel import run_parallel
 
 MODELS = {
     "attention": ["model/mixer=attention"],
@@ -37,12 +37,10 @@ PUBLISHED = {"iTransformer": (0.454, 0.447), "RLinear": (0.446, 0.434), "PatchTS
 RESULTS = Path(__file__).parent / "results"
 
 
-def launch(model: str, runs_dir: Path, horizons: list[int], overrides: list[str]) -> subprocess.Popen:
+def command(model: str, runs_dir: Path, horizons: list[int], overrides: list[str]) -> list[str]:
     horizons = ",".join(map(str, horizons))
-    command = [sys.executable, "-m", "apps.timeseries", "train", "-m", "experiment=etth1", f"data.horizon={horizons}",
-               f"name=etth1_{model}", f"paths.runs={runs_dir}", *MODELS[model], *overrides]
-    log = open(runs_dir / f"{model}.log", "w")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    return [sys.executable, "-m", "apps.timeseries", "train", "-m", "experiment=etth1", f"data.horizon={horizons}",
+            f"name=etth1_{model}", f"paths.runs={runs_dir}", *MODELS[model], *overrides]
 
 
 def table(runs_dir: Path, models: list[str]) -> list[dict]:
@@ -84,17 +82,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. trainer=gpu")
     args = parser.parse_args()
     args.runs_dir.mkdir(parents=True, exist_ok=True)
-    started, pending, running = time.perf_counter(), list(args.models), []
-    while pending or running:
-        while pending and len(running) < args.parallel:
-            model = pending.pop(0)
-            running.append((model, launch(model, args.runs_dir, args.horizons, args.overrides)))
-        time.sleep(2)
-        for model, process in list(running):
-            if process.poll() is not None:
-                running.remove((model, process))
-                if process.returncode:
-                    raise SystemExit(f"{model} failed (exit {process.returncode}); see {args.runs_dir / (model + '.log')}")
+    started = time.perf_counter()
+    run_parallel({model: command(model, args.runs_dir, args.horizons, args.overrides) for model in args.models},
+                 args.runs_dir, args.parallel)
     rows = table(args.runs_dir, args.models)
     seconds = {model: epoch_seconds(args.runs_dir, model) for model in args.models}
     text = markdown(rows, seconds, args.horizons)

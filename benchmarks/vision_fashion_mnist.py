@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
-import subprocess
 import sys
 import time
 from importlib.metadata import version
@@ -31,6 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import apps.vision  # noqa: F401  (registers the timm models that the saved configs name)
+from benchmarks.parallel import run_parallel
 
 MODELS = {"vit": "ViT", "vim": "Vision Mamba (bidirectional Mamba-2)", "vil": "Vision-LSTM (mLSTM, alternating)",
           "gdn": "Gated DeltaNet (bidirectional)", "gated_cnn": "gated CNN control (MambaOut, no sequence mixer)"}
@@ -39,14 +38,10 @@ TARGET = 0.93
 RESULTS = Path(__file__).parent / "results"
 
 
-def launch(model: str, runs_dir: Path, max_time: str, overrides: list[str]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "apps.vision", "train", "experiment=fashion_mnist", f"model={model}",
-               f"name=fashion_mnist_{model}", f"paths.runs={runs_dir}", f"trainer.max_time={max_time}",
-               "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", *overrides]
-    log = open(runs_dir / f"{model}.log", "w")
-    # the models share the machine's cores: a few CPU threads each (their work is on the GPU)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "3")}
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+def command(model: str, runs_dir: Path, max_time: str, overrides: list[str]) -> list[str]:
+    return [sys.executable, "-m", "apps.vision", "train", "experiment=fashion_mnist", f"model={model}",
+            f"name=fashion_mnist_{model}", f"paths.runs={runs_dir}", f"trainer.max_time={max_time}",
+            "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", *overrides]
 
 
 def parameters(run_dir: Path) -> int:
@@ -119,19 +114,10 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. trainer=gpu")
     args = parser.parse_args()
     args.runs_dir.mkdir(parents=True, exist_ok=True)
-    started, pending, running = time.perf_counter(), list(args.models), []
-    while pending or running:
-        while pending and len(running) < args.parallel:
-            model = pending.pop(0)
-            running.append((model, launch(model, args.runs_dir, args.max_time, args.overrides)))
-        time.sleep(2)
-        for model, process in list(running):
-            if process.poll() is not None:
-                running.remove((model, process))
-                if process.returncode:
-                    for _, other in running:
-                        other.terminate()
-                    raise SystemExit(f"{model} failed (exit {process.returncode}); see {args.runs_dir / (model + '.log')}")
+    started = time.perf_counter()
+    # the models share the machine's cores: a few CPU threads each (their work is on the GPU)
+    run_parallel({model: command(model, args.runs_dir, args.max_time, args.overrides) for model in args.models},
+                 args.runs_dir, args.parallel, threads=3)
     rows = [row(args.runs_dir, model) for model in args.models]
     text = markdown(rows)
     print(text)

@@ -1,0 +1,25 @@
+"""benchmarks.parallel.run_parallel: logs per job, thread settings, failures stop the rest or are returned."""
+import sys
+
+import pytest
+
+from benchmarks.parallel import run_parallel
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_every_job_runs_and_logs(tmp_path):
+    jobs = {f"job{i}": python(f"import os; print('hello {i}', os.environ['OMP_NUM_THREADS'])") for i in range(3)}
+    assert run_parallel(jobs, tmp_path, parallel=2, threads=3) == []
+    for i in range(3):
+        assert (tmp_path / f"job{i}.log").read_text() == f"hello {i} 3\n"
+
+
+def test_a_failure_stops_the_others_or_is_returned(tmp_path):
+    jobs = {"bad": python("raise SystemExit(3)"), "slow": python("import time; time.sleep(30)")}
+    with pytest.raises(SystemExit, match=r"bad failed \(exit 3\); see .*bad.log"):
+        run_parallel(jobs, tmp_path, parallel=2)
+    jobs = {"bad": python("raise SystemExit(3)"), "good": python("pass")}
+    assert run_parallel(jobs, tmp_path, parallel=1, keep_going=True) == ["bad"]
