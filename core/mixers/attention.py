@@ -1,4 +1,5 @@
-"""Softmax attention with RoPE, grouped-query heads, an optional sliding window and a KV-cache state."""
+"""Softmax attention with RoPE, grouped-query heads, an optional sliding window with attention sinks and a
+KV-cache state."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ class KVCache:
     values: (B, H_kv, S, D).
     valid: (B, S) bool, False for padded entries.
     positions: (B,) int64, valid tokens seen so far per sequence (the RoPE position of the next valid token).
-    With a window the cache holds at most window - 1 entries: the last valid tokens of each sequence.
+    With a window the cache holds at most num_sinks + window - 1 entries: the sinks (the first num_sinks valid
+    tokens) and the last window - 1 valid tokens of each sequence, in sequence order.
     """
 
     keys: Tensor
@@ -45,13 +47,16 @@ class AttentionMixer(Mixer):
         causal: causal attention with a `KVCache` state; False attends both ways and has no state.
         window: sliding window; a query sees itself and the previous window - 1 valid tokens (non-causal:
             the window - 1 valid tokens on each side). None = unbounded.
+        num_sinks: attention sinks (StreamingLLM); the first num_sinks valid tokens of each sequence stay visible
+            whatever the window (causal: to every later query) and the cache never evicts them. Without a
+            window this changes nothing.
         rope: rotary position embedding on queries and keys; positions count valid tokens only.
         rope_base: RoPE base frequency.
         bias: biases in the q, k, v and output projections.
         dropout: dropout on the attention weights in training.
 
     Padded tokens (mask False) are absent: no real token attends to them, they take no position and
-    do not count toward the window.
+    do not count toward the window or the sinks.
     """
 
     def __init__(
@@ -62,6 +67,7 @@ class AttentionMixer(Mixer):
         head_dim: int | None = None,
         causal: bool = True,
         window: int | None = None,
+        num_sinks: int = 0,
         rope: bool = True,
         rope_base: float = 10000.0,
         bias: bool = False,
@@ -84,6 +90,8 @@ class AttentionMixer(Mixer):
             raise ValueError(f"attention: num_kv_heads={num_kv_heads} must divide num_heads={num_heads}")
         if window is not None:
             _check_positive_int("window", window)
+        if not isinstance(num_sinks, int) or isinstance(num_sinks, bool) or num_sinks < 0:
+            raise ValueError(f"attention: num_sinks must be an int >= 0 (0 = no sinks), got {num_sinks!r}")
         if rope and head_dim % 2:
             raise ValueError(
                 f"attention: RoPE needs an even head_dim, got {head_dim}; change head_dim or set rope=False"
@@ -91,7 +99,8 @@ class AttentionMixer(Mixer):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"attention: dropout must be in [0, 1), got {dropout}")
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        self.causal, self.window, self.rope, self.rope_base, self.dropout = causal, window, rope, rope_base, dropout
+        self.causal, self.window, self.num_sinks = causal, window, num_sinks
+        self.rope, self.rope_base, self.dropout = rope, rope_base, dropout
         self.q_proj = nn.Linear(d_model, num_heads * head_dim, bias=bias)
         self.k_proj = nn.Linear(d_model, num_kv_heads * head_dim, bias=bias)
         self.v_proj = nn.Linear(d_model, num_kv_heads * head_dim, bias=bias)
@@ -100,7 +109,8 @@ class AttentionMixer(Mixer):
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
-            f"head_dim={self.head_dim}, causal={self.causal}, window={self.window}, rope={self.rope}"
+            f"head_dim={self.head_dim}, causal={self.causal}, window={self.window}, num_sinks={self.num_sinks}, "
+            f"rope={self.rope}"
         )
 
     def mix(self, x: Tensor, state: KVCache | None, mask: Tensor | None) -> tuple[Tensor, KVCache | None]:
@@ -116,11 +126,10 @@ class AttentionMixer(Mixer):
         keys = torch.cat([past.keys.to(k.dtype), k.transpose(1, 2)], dim=2)  # [B, H_kv, S, D]
         values = torch.cat([past.values.to(v.dtype), v.transpose(1, 2)], dim=2)
         key_valid = torch.cat([past.valid, valid], dim=1)  # [B, S]
+        positions = past.positions + valid.sum(1)
         attn_mask = None
         if mask is not None or state is not None or self.window is not None:
-            first_pos = past.positions - past.valid.sum(1)  # position of the oldest cached valid token
-            key_pos = first_pos[:, None] + key_valid.cumsum(1) - 1  # [B, S], exact for valid keys
-            attn_mask = self._attention_mask(query_pos, key_pos, key_valid)
+            attn_mask = self._attention_mask(query_pos, self._key_positions(key_valid, positions), key_valid)
         group = self.num_heads // self.num_kv_heads
         y = F.scaled_dot_product_attention(
             q.transpose(1, 2),
@@ -133,7 +142,14 @@ class AttentionMixer(Mixer):
         y = self.out_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
         if not self.causal:
             return y, None
-        return y, self._bounded(KVCache(keys, values, key_valid, past.positions + valid.sum(1)))
+        return y, self._bounded(KVCache(keys, values, key_valid, positions))
+
+    def _key_positions(self, key_valid: Tensor, positions: Tensor) -> Tensor:
+        """(B, S) position of each valid key, exact for valid entries, of a key list laid out like the cache
+        (sinks, then the last valid tokens) that ends with the valid token at positions - 1 (positions: (B,))."""
+        rank = key_valid.cumsum(1) - 1  # [B, S] index among the valid keys
+        tail = positions[:, None] - key_valid.sum(1, keepdim=True) + rank
+        return torch.where(rank < self.num_sinks, rank, tail)
 
     def _attention_mask(self, query_pos: Tensor, key_pos: Tensor, key_valid: Tensor) -> Tensor:
         """Bool (B, 1, T, S), True = may attend; causality and window measured in valid-token positions."""
@@ -142,21 +158,25 @@ class AttentionMixer(Mixer):
         if self.causal:
             allowed = allowed & (distance >= 0)
         if self.window is not None:
-            allowed = allowed & (distance.abs() < self.window)
+            allowed = allowed & ((distance.abs() < self.window) | (key_pos < self.num_sinks)[:, None, :])
         # A padded query may see no key at all; a fully masked row would make softmax NaN.
         allowed = allowed | ~allowed.any(-1, keepdim=True)
         return allowed.unsqueeze(1)
 
     def _bounded(self, cache: KVCache) -> KVCache:
-        """With a window, keep the last window - 1 valid entries of each sequence (padding goes first)."""
+        """With a window, keep the sinks and the last window - 1 valid entries of each sequence, in order;
+        evicted entries and padding go first and are cut, or marked invalid where a row keeps fewer."""
         if self.window is None:
             return cache
         S = cache.valid.shape[1]
-        keep = min(self.window - 1, S)
-        order = torch.argsort(cache.valid.to(torch.int8), dim=1, stable=True)[:, S - keep:]  # [B, keep]
+        key_pos = self._key_positions(cache.valid, cache.positions)
+        recent = key_pos >= cache.positions[:, None] - (self.window - 1)
+        kept = cache.valid & (recent | (key_pos < self.num_sinks))  # [B, S]
+        size = min(self.num_sinks + self.window - 1, S)
+        order = torch.argsort(kept.to(torch.int8), dim=1, stable=True)[:, S - size:]  # [B, size]
         index = order[:, None, :, None].expand(-1, cache.keys.shape[1], -1, cache.keys.shape[3])
         keys, values = cache.keys.gather(2, index), cache.values.gather(2, index)
-        return KVCache(keys, values, cache.valid.gather(1, order), cache.positions)
+        return KVCache(keys, values, kept.gather(1, order), cache.positions)
 
     def _empty_cache(self, k: Tensor) -> KVCache:
         B, _, H, D = k.shape

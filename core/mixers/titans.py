@@ -34,8 +34,8 @@ class TitansState:
 
 class _TitansHybrid(Mixer):
     """The LMM beside sliding-window attention over x~ = [P || x]: the `num_persistent` learned persistent
-    tokens P are prepended once, at the start of a sequence (state None); their outputs are dropped.
-    Subclasses combine the two in `combine`."""
+    tokens P start each sequence (state None) and are the attention's sinks, visible to every query whatever
+    the window; their outputs are dropped. Subclasses combine the two in `combine`."""
 
     def __init__(
         self,
@@ -61,7 +61,7 @@ class _TitansHybrid(Mixer):
             head_dim=head_dim, expand=expand, depth=depth, chunk_size=chunk_size, theta_max=theta_max,
             use_short_conv=use_short_conv, conv_size=conv_size, impl=impl,
         ))
-        self.attention = AttentionMixer(d_model, num_heads=num_heads, window=window)
+        self.attention = AttentionMixer(d_model, num_heads=num_heads, window=window, num_sinks=num_persistent)
         self.persistent = nn.Parameter(0.02 * torch.randn(num_persistent, d_model)) if num_persistent else None
 
     def mix(self, x: Tensor, state: TitansState | None, mask: Tensor | None) -> tuple[Tensor, TitansState]:
@@ -86,12 +86,14 @@ class TitansMAL(_TitansHybrid):
 
     The LMM (spec 1.1-1.3) per head: S_t = eta_t S_{t-1} - theta_t grad ||M°(k_t) - v_t||^2,
     M_t = (1 - alpha_t) M_{t-1} + S_t, o_t = M_t(q_t), M a `depth`-layer MLP; its output is
-    out_proj(RMSNorm_h(o) * SiLU(W_g x)). SWA is causal softmax attention (RoPE) over the last `window` tokens.
+    out_proj(RMSNorm_h(o) * SiLU(W_g x)). SWA is causal softmax attention (RoPE) over the last `window` tokens
+    and the persistent tokens, which every query sees.
 
     Args:
         window: the attention's window.
         num_heads: attention heads (default d_model // 64, at least 1).
-        num_persistent: learned persistent tokens prepended at the start of a sequence (0 = none).
+        num_persistent: learned persistent tokens P starting each sequence, always visible to the attention
+            (0 = none).
         head_dim, expand, depth, chunk_size, theta_max, use_short_conv, conv_size, impl: the memory's, as for `miras`.
 
     State: `TitansState(memory: MemoryLayerState, attention: KVCache)`.

@@ -19,8 +19,11 @@ CONFIGS = {
     "window_noncausal": dict(num_heads=2, causal=False, window=4),
     "gqa_window": dict(num_heads=4, num_kv_heads=2, window=7),
     "mqa_bias_norope": dict(num_heads=4, num_kv_heads=1, rope=False, bias=True),
+    "sinks_window": dict(num_heads=4, window=5, num_sinks=3),
+    "sinks_gqa_window": dict(num_heads=4, num_kv_heads=2, window=7, num_sinks=1),
+    "sinks_window_noncausal": dict(num_heads=2, causal=False, window=4, num_sinks=2),
 }
-CAUSAL = ["causal", "window", "gqa_window", "mqa_bias_norope"]
+CAUSAL = ["causal", "window", "gqa_window", "mqa_bias_norope", "sinks_window", "sinks_gqa_window"]
 
 
 def make(d_model: int = D_MODEL, dtype: torch.dtype = torch.float64, seed: int = 0, **options) -> AttentionMixer:
@@ -54,8 +57,8 @@ def reference(mixer: AttentionMixer, x: torch.Tensor) -> torch.Tensor:
     allowed = torch.ones(T, T, dtype=torch.bool)
     if mixer.causal:
         allowed &= distance >= 0
-    if mixer.window is not None:
-        allowed &= distance.abs() < mixer.window
+    if mixer.window is not None:  # the first num_sinks tokens are exempt from the window
+        allowed &= (distance.abs() < mixer.window) | (pos[None, :] < mixer.num_sinks)
     y = torch.einsum("hts,shd->thd", scores.masked_fill(~allowed, -math.inf).softmax(-1), v)
     return mixer.out_proj(y.reshape(T, H * D))
 
@@ -71,7 +74,10 @@ def test_matches_reference(config: str, T: int) -> None:
         assert_close(y[b], reference(mixer, x[b]))
 
 
-@pytest.mark.parametrize("options", [dict(num_heads=2), dict(num_heads=4, num_kv_heads=2, window=100)])
+@pytest.mark.parametrize(
+    "options",
+    [dict(num_heads=2), dict(num_heads=4, num_kv_heads=2, window=100), dict(num_heads=2, window=50, num_sinks=4)],
+)
 def test_matches_reference_long(options: dict) -> None:
     mixer = make(**options)
     x = randn(1, 1000, D_MODEL)
@@ -107,7 +113,7 @@ def test_state_passing_at_random_splits_equals_one_call(config: str) -> None:
         assert torch.equal(state.positions, state_full.positions)
 
 
-@pytest.mark.parametrize("config", ["causal", "window", "gqa_window"])
+@pytest.mark.parametrize("config", ["causal", "window", "gqa_window", "sinks_window", "sinks_gqa_window"])
 def test_token_by_token_decoding_equals_full_forward(config: str) -> None:
     mixer = make(**CONFIGS[config])
     x = randn(2, 30, D_MODEL)
@@ -115,7 +121,32 @@ def test_token_by_token_decoding_equals_full_forward(config: str) -> None:
     y, state = run_in_pieces(mixer, x, list(range(1, 30)))
     assert_close(y, y_full)
     if mixer.window is not None:  # bounded memory: past the window the cache stops growing
-        assert state.keys.shape[2] == mixer.window - 1
+        assert state.keys.shape[2] == mixer.num_sinks + mixer.window - 1
+        assert state.valid.all()
+
+
+def test_sinks_stay_visible_beyond_the_window() -> None:
+    mixer = make(num_heads=4, window=4, num_sinks=2)
+    x = randn(1, 40, D_MODEL)
+    y = mixer(x)[0]
+    sink, other = x.clone(), x.clone()
+    sink[:, 1] += 1.0
+    other[:, 2] += 1.0
+    assert (mixer(sink)[0][:, 30:] - y[:, 30:]).abs().amin() > 0  # every late output sees the sink
+    assert_close(mixer(other)[0][:, 2 + mixer.window :], y[:, 2 + mixer.window :])  # the third token drops out
+    assert (make(num_heads=4, window=4)(sink)[0][:, 30:] - y[:, 30:]).abs().amax() > 0  # another mixer: sanity
+    _, state = run_in_pieces(mixer, x, list(range(1, 40)))  # the decoding cache keeps the sinks' entries
+    _, first = mixer(x[:, :2])
+    assert_close(state.keys[:, :, :2], first.keys)
+    assert_close(state.values[:, :, :2], first.values)
+
+
+def test_sinks_without_a_window_change_nothing() -> None:
+    x = randn(2, 20, D_MODEL)
+    mask = torch.ones(2, 20, dtype=torch.bool)
+    mask[0, :6] = False
+    for options in (dict(num_heads=4), dict(num_heads=4, causal=False)):
+        assert_close(make(num_sinks=3, **options)(x, mask=mask)[0], make(**options)(x, mask=mask)[0])
 
 
 def test_window_one_sees_only_itself() -> None:
@@ -174,7 +205,10 @@ def padded_batch(seqs: list[torch.Tensor], T: int, layout: str, seed: int) -> tu
 
 
 @pytest.mark.parametrize("layout", ["left", "right", "scattered"])
-@pytest.mark.parametrize("config", ["causal", "window", "gqa_window", "noncausal", "window_noncausal"])
+@pytest.mark.parametrize(
+    "config",
+    ["causal", "window", "gqa_window", "noncausal", "window_noncausal", "sinks_window", "sinks_window_noncausal"],
+)
 def test_padding_equals_unpadded_runs(config: str, layout: str) -> None:
     mixer = make(**CONFIGS[config])
     firsts = [randn(L, D_MODEL, seed=10 + L) for L in (7, 12, 1)]
@@ -193,7 +227,7 @@ def test_padding_equals_unpadded_runs(config: str, layout: str) -> None:
         assert_close(y2[b, mask2[b]], y_ref)
 
 
-@pytest.mark.parametrize("config", ["causal", "window", "noncausal"])
+@pytest.mark.parametrize("config", ["causal", "window", "noncausal", "sinks_window"])
 def test_fully_masked_rows_are_finite(config: str, monkeypatch: pytest.MonkeyPatch) -> None:
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -239,6 +273,9 @@ def test_bad_options_raise_clear_errors() -> None:
         AttentionMixer(32, num_heads=4, num_kv_heads=3)
     with pytest.raises(ValueError, match="window must be a positive int"):
         AttentionMixer(32, window=0)
+    for num_sinks in (-1, 2.0, True, None):
+        with pytest.raises(ValueError, match=r"num_sinks must be an int >= 0"):
+            AttentionMixer(32, window=4, num_sinks=num_sinks)
     with pytest.raises(ValueError, match="even head_dim"):
         AttentionMixer(30, num_heads=2)
     with pytest.raises(ValueError, match="dropout"):

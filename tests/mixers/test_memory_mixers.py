@@ -111,6 +111,28 @@ def test_titans_mac_reads_the_memory_of_the_previous_segments() -> None:
     assert not torch.allclose(y[:, 1:8], y2[:, 1:8])
 
 
+@pytest.mark.parametrize("name", ["titans_mal", "titans_mag"])
+def test_titans_persistent_tokens_stay_visible_beyond_the_window(name: str) -> None:
+    """With the memory frozen (theta = 0 and r = 1 keep M at W_init) the persistent tokens reach outputs far
+    past the window only as attention sinks; without the sinks they would drop out of the window."""
+    mixer = make(name, window=8, num_persistent=3)
+    assert mixer.attention.num_sinks == 3
+    with torch.no_grad():
+        H = mixer.memory.memory.num_heads  # gate biases: H for theta, then H for the retention r
+        mixer.memory.memory.gate_proj.bias[:H] = -1e4
+        mixer.memory.memory.gate_proj.bias[H : 2 * H] = 1e4
+    x = randn(1, 40, D_MODEL, seed=9)
+    y = mixer(x)[0]
+    with torch.no_grad():
+        mixer.persistent[1] += 1.0
+    assert (mixer(x)[0][:, 20:] - y[:, 20:]).abs().amin() > 0
+    mixer.attention.num_sinks = 0  # the old behaviour: P slides out of the window after 8 tokens
+    y_no_sinks = mixer(x)[0]
+    with torch.no_grad():
+        mixer.persistent[1] -= 1.0
+    assert_close(mixer(x)[0][:, 20:], y_no_sinks[:, 20:])
+
+
 @pytest.mark.parametrize("name", ["titans_mal", "titans_mag", "titans_mac"])
 def test_titans_without_persistent_memory(name: str) -> None:
     mixer = make(name, num_persistent=0)
