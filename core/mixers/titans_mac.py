@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from core.mixer import Mixer
 from core.mixers._checks import check_positive_int
 from core.mixers._common import check_state
-from core.mixers.titans import TITANS_PAPER, titans_memory
+from core.mixers.titans import TITANS_PAPER, TITANS_THETA_MAX, titans_memory
 from core.mixers.titans_memory import MemoryLayerState
 from core.registry import register_mixer
 from core.rotary import apply_rotary
@@ -52,7 +52,8 @@ class TitansMAC(Mixer):
         segment_size: C, the attention span and the memory's chunk size.
         num_heads: attention heads (default d_model // 64, at least 1); d_model / num_heads must be even.
         num_persistent: learned persistent key/value pairs per head (0 = none).
-        head_dim, expand, depth, theta_max, use_short_conv, conv_size, impl: the memory's, as for `miras`.
+        head_dim, expand, depth, theta_max, use_short_conv, conv_size, impl: the memory's, as for `miras`;
+            theta_max defaults to 0.02 (see `TITANS_THETA_MAX`).
 
     State: `MACState`.
     """
@@ -66,7 +67,7 @@ class TitansMAC(Mixer):
         head_dim: int | None = None,
         expand: float = 4.0,
         depth: int = 2,
-        theta_max: float = 1.0,
+        theta_max: float = TITANS_THETA_MAX,
         use_short_conv: bool = True,
         conv_size: int = 4,
         impl: str | None = None,

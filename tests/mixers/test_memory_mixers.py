@@ -140,6 +140,25 @@ def test_titans_without_persistent_memory(name: str) -> None:
     assert_close(run_in_pieces(mixer, x, [7, 19])[0], mixer(x)[0])
 
 
+@pytest.mark.parametrize("name", ["titans_mal", "titans_mag", "titans_mac"])
+def test_titans_trains_on_parity_without_diverging(name: str) -> None:
+    """Regression: with theta_max 1.0 the MLP memory's inner steps diverged to NaN within 3 AdamW steps here."""
+    torch.manual_seed(0)
+    embed, head = torch.nn.Embedding(2, 64), torch.nn.Linear(64, 2)
+    backbone = core.Backbone(64, 2, layers=name)
+    parameters = [*embed.parameters(), *backbone.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=3e-3)
+    for _ in range(8):
+        bits = torch.randint(0, 2, (16, 64))
+        logits = head(backbone(embed(bits))[0])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), (bits.cumsum(1) % 2).flatten())
+        assert torch.isfinite(loss), f"{name} diverged"
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+
+
 @pytest.mark.parametrize(
     ("name", "options", "error", "match"),
     [
