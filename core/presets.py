@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from core.mixers._checks import check_positive_int
+
 
 def xlstm(
     ratio: tuple[int, int] = (7, 1),
@@ -44,8 +46,7 @@ def griffin(window: int = 1024, *, num_kv_heads: int = 1, rglru_options: Mapping
     rglru_options: extra mixer options for the RG-LRU layers.
     Returns [{"name": "rglru", ...}] * 2 + [{"name": "attention", "window": window, "num_kv_heads": ...}].
     """
-    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-        raise ValueError(f"griffin: window must be a positive int, got {window!r}")
+    check_positive_int("griffin", "window", window)
     rglru = {"name": "rglru", **(rglru_options or {})}
     return [dict(rglru), dict(rglru), {"name": "attention", "window": window, "num_kv_heads": num_kv_heads}]
 
@@ -57,6 +58,5 @@ def hgrn(depth: int, **options: Any) -> list[dict[str, Any]]:
     zeros over the layers, cumulative sum, minus the first), held fixed here. Pass the same `depth`
     to `core.Backbone`. options: extra mixer options for every layer.
     """
-    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-        raise ValueError(f"hgrn: depth must be a positive int, got {depth!r}")
+    check_positive_int("hgrn", "depth", depth)
     return [{"name": "hgrn", "lower_bound": layer / depth, **options} for layer in range(depth)]

@@ -1,13 +1,23 @@
-"""Validation of mixer options shared by the xLSTM, convolution and Aaren mixers."""
+"""Validation of mixer options shared by the mixers."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_positive_int(mixer: str, option: str, value: object) -> None:
     """Raise a ValueError naming the mixer and option unless value is an int >= 1."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not _is_int(value) or value < 1:
         raise ValueError(f"{mixer}: {option} must be a positive int, got {value!r}")
+
+
+def check_nonnegative_int(mixer: str, option: str, value: object) -> None:
+    """Raise a ValueError naming the mixer and option unless value is an int >= 0 (0 = the feature is off)."""
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"{mixer}: {option} must be an int >= 0 (0 = none), got {value!r}")
 
 
 def check_choice(mixer: str, option: str, value: object, allowed: Sequence[str]) -> None:

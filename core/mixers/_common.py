@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from core.layers import GatedRMSNorm
+from core.mixers._checks import check_positive_int
 from core.ops import linear_recurrence, mask_padding
 
 
@@ -19,8 +20,7 @@ def split_heads(name: str, width: int, head_dim: int | None, what: str = "d_mode
     """
     if head_dim is None:
         head_dim = max(d for d in range(1, min(64, width) + 1) if width % d == 0)
-    if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim < 1:
-        raise ValueError(f"{name}: head_dim must be a positive int, got {head_dim!r}")
+    check_positive_int(name, "head_dim", head_dim)
     if width % head_dim:
         raise ValueError(
             f"{name}: {what}={width} is not divisible by head_dim={head_dim}; "

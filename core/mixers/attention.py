@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.mixer import Mixer
+from core.mixers._checks import check_nonnegative_int, check_positive_int
 from core.registry import register_mixer
 from core.rotary import apply_rotary
 
@@ -29,11 +30,6 @@ class KVCache:
     values: Tensor
     valid: Tensor
     positions: Tensor
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"attention: {name} must be a positive int, got {value!r}")
 
 
 @register_mixer("attention", paper="Attention Is All You Need (Vaswani et al., 2017)")
@@ -76,8 +72,8 @@ class AttentionMixer(Mixer):
         super().__init__(d_model)
         num_heads = max(1, d_model // 64) if num_heads is None else num_heads
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-        _check_positive_int("num_heads", num_heads)
-        _check_positive_int("num_kv_heads", num_kv_heads)
+        check_positive_int("attention", "num_heads", num_heads)
+        check_positive_int("attention", "num_kv_heads", num_kv_heads)
         if head_dim is None:
             if d_model % num_heads:
                 raise ValueError(
@@ -85,13 +81,12 @@ class AttentionMixer(Mixer):
                     "choose num_heads dividing d_model or pass head_dim"
                 )
             head_dim = d_model // num_heads
-        _check_positive_int("head_dim", head_dim)
+        check_positive_int("attention", "head_dim", head_dim)
         if num_heads % num_kv_heads:
             raise ValueError(f"attention: num_kv_heads={num_kv_heads} must divide num_heads={num_heads}")
         if window is not None:
-            _check_positive_int("window", window)
-        if not isinstance(num_sinks, int) or isinstance(num_sinks, bool) or num_sinks < 0:
-            raise ValueError(f"attention: num_sinks must be an int >= 0 (0 = no sinks), got {num_sinks!r}")
+            check_positive_int("attention", "window", window)
+        check_nonnegative_int("attention", "num_sinks", num_sinks)
         if rope and head_dim % 2:
             raise ValueError(
                 f"attention: RoPE needs an even head_dim, got {head_dim}; change head_dim or set rope=False"

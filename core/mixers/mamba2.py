@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from core.layers import GatedRMSNorm, ShortConv
 from core.mixer import Mixer
+from core.mixers._checks import check_positive_int
 from core.mixers._common import check_state, gate_dtype, init_dt_bias, recur, split_heads
 from core.registry import register_mixer
 from core.state import RecurrentState
@@ -70,8 +71,7 @@ class Mamba2(Mixer):
         d_inner = int(d_inner)
         num_heads, head_dim = split_heads("mamba2", d_inner, head_dim, what="d_inner = expand * d_model")
         for option, value in (("d_state", d_state), ("d_conv", d_conv), ("n_groups", n_groups)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"mamba2: {option} must be a positive int, got {value!r}")
+            check_positive_int("mamba2", option, value)
         if num_heads % n_groups:
             raise ValueError(
                 f"mamba2: n_groups={n_groups} must divide num_heads={num_heads} "

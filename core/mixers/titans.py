@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from core.mixer import Mixer
-from core.mixers._checks import check_positive_int
+from core.mixers._checks import check_nonnegative_int, check_positive_int
 from core.mixers._common import check_state
 from core.mixers.attention import AttentionMixer, KVCache
 from core.mixers.titans_memory import MemoryLayerState, MemoryMixer
@@ -60,8 +60,7 @@ class _TitansHybrid(Mixer):
         super().__init__(d_model)
         name = self.registered_name
         check_positive_int(name, "window", window)
-        if not isinstance(num_persistent, int) or isinstance(num_persistent, bool) or num_persistent < 0:
-            raise ValueError(f"{name}: num_persistent must be an int >= 0, got {num_persistent!r}")
+        check_nonnegative_int(name, "num_persistent", num_persistent)
         self.memory = titans_memory(name, d_model, dict(
             head_dim=head_dim, expand=expand, depth=depth, chunk_size=chunk_size, theta_max=theta_max,
             use_short_conv=use_short_conv, conv_size=conv_size, impl=impl,

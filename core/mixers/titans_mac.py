@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.mixer import Mixer
-from core.mixers._checks import check_positive_int
+from core.mixers._checks import check_nonnegative_int, check_positive_int
 from core.mixers._common import check_state
 from core.mixers.titans import TITANS_PAPER, TITANS_THETA_MAX, titans_memory
 from core.mixers.titans_memory import MemoryLayerState
@@ -79,8 +79,7 @@ class TitansMAC(Mixer):
         check_positive_int(name, "num_heads", num_heads)
         if d_model % num_heads or (d_model // num_heads) % 2:
             raise ValueError(f"{name}: d_model / num_heads = {d_model} / {num_heads} must be an even whole number (RoPE)")
-        if not isinstance(num_persistent, int) or isinstance(num_persistent, bool) or num_persistent < 0:
-            raise ValueError(f"{name}: num_persistent must be an int >= 0, got {num_persistent!r}")
+        check_nonnegative_int(name, "num_persistent", num_persistent)
         self.segment_size, self.num_heads, self.attn_dim = segment_size, num_heads, d_model // num_heads
         self.lmm = titans_memory(name, d_model, dict(
             head_dim=head_dim, expand=expand, depth=depth, chunk_size=segment_size, theta_max=theta_max,
