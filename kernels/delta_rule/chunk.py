@@ -7,8 +7,10 @@ the next state are then those of the linear recurrence with U~ in place of V, so
 score-gradient kernels (kernels.linear_recurrence.chunk) serve here unchanged.
 
 Forward: chunk-local cumsum of g, `_wy_fwd_kernel` (T, W, U), `_delta_h_kernel` (h and U~, sequential
-over chunks), the linear recurrence's output kernel. Backward: the same three again, the linear
-recurrence's chunk-local dV, `_delta_dh_kernel` (dh and dU~, reverse), the linear recurrence's
+over chunks), the linear recurrence's output kernel; under autograd the op also returns T for the
+backward. Backward: W and U from the saved T (`_wy_fwd_kernel` with HAVE_T; T itself is recomputed
+only when none was saved), the state pass again, the linear recurrence's chunk-local dV,
+`_delta_dh_kernel` (dh and dU~, reverse), the linear recurrence's
 dQ/dK/dg kernel, then `_wy_bwd_kernel` (dK, dV, dbeta, dg through T, W and U).
 
 The sequential state passes keep their recurrent operands in float32 (tf32 dots for 16-bit inputs;
@@ -18,7 +20,7 @@ compounds over the chunks (measured 0.5 % output error at T = 4096 with bf16 ope
 
 Layout as in kernels.linear_recurrence: q, k (B, T, H, K); v (B, T, H, V); beta, g (B, T, H); states
 (N, H, K, V) float32; per-chunk h, dh (total_chunks, H, K, V) in the input dtype; T per chunk and
-head (total_chunks, H, C, C) float32. No dot result is ever transposed before another dot (Triton
+head (saved_chunks(...) >= total_chunks, H, C, C) float32. No dot result is ever transposed before another dot (Triton
 3.4 - 3.7.0 miscompiles that on Hopper, fla issue 640): transposed operands are loaded transposed.
 """
 
@@ -52,23 +54,26 @@ KEY = ["H", "K", "V", "BK", "BV", "USE_G", "IS_VARLEN"]
 
 
 @triton.jit
-def _substitution_step(b_A, row, below):
-    b_a = tl.sum(tl.where(row[:, None], b_A, 0), 0)
-    b_a += tl.where(below, tl.sum(b_a[:, None] * b_A, 0), 0)
-    return tl.where(row[:, None], b_a, b_A)
+def _substitution_step(p, blk: tl.constexpr, i, X, o16, row, below, BT: tl.constexpr):
+    # row i of the working matrix is still row i of -A (rows >= i are untouched): read it from memory
+    # (A is there, L1/L2-resident) instead of extracting it from X with a cross-thread reduction
+    b_a = -tl.load(p + (blk * 16 + i) * BT + blk * 16 + o16)
+    b_a += tl.where(below, tl.sum(b_a[:, None] * X, 0), 0)
+    return tl.where(row[:, None], b_a, X)
 
 
 @triton.jit
-def _invert_unit_lower_16x4(A0, A1, A2, A3, o16):
-    """(I + A)^-1 of four strictly lower-triangular 16 x 16 float32 A, passed negated (-A): forward
-    substitution row by row (rows < i hold rows of the inverse minus I, rows >= i still -A); the four
-    interleaved in one loop, whose steps are latency-bound."""
+def _invert_unit_lower_16x4(p, A0, A1, A2, A3, o16, BT: tl.constexpr):
+    """(I + A)^-1 of the four strictly lower-triangular 16 x 16 float32 diagonal blocks A of the 64 x 64
+    matrix at p, passed negated (-A): forward substitution row by row (rows < i hold rows of the
+    inverse minus I, rows >= i still -A); the four interleaved in one loop, whose steps are
+    latency-bound. Row i of each block comes from memory (one reduction per step, not two)."""
     for i in range(1, 16):
         row, below = o16 == i, o16 < i
-        A0 = _substitution_step(A0, row, below)
-        A1 = _substitution_step(A1, row, below)
-        A2 = _substitution_step(A2, row, below)
-        A3 = _substitution_step(A3, row, below)
+        A0 = _substitution_step(p, 0, i, A0, o16, row, below, BT)
+        A1 = _substitution_step(p, 1, i, A1, o16, row, below, BT)
+        A2 = _substitution_step(p, 2, i, A2, o16, row, below, BT)
+        A3 = _substitution_step(p, 3, i, A3, o16, row, below, BT)
     eye = (o16[:, None] == o16[None, :]).to(tl.float32)
     return A0 + eye, A1 + eye, A2 + eye, A3 + eye
 
@@ -98,7 +103,7 @@ def _invert_unit_lower_64(p, BT: tl.constexpr):
     tl.static_assert(BT == 64, "the block inversion is written for chunks of 64 tokens")
     o16 = tl.arange(0, 16)
     X00, X11, X22, X33 = _invert_unit_lower_16x4(
-        -_block16(p, 0, 0, BT), -_block16(p, 1, 1, BT), -_block16(p, 2, 2, BT), -_block16(p, 3, 3, BT), o16
+        p, -_block16(p, 0, 0, BT), -_block16(p, 1, 1, BT), -_block16(p, 2, 2, BT), -_block16(p, 3, 3, BT), o16, BT
     )
     A10, A20, A30 = _block16(p, 1, 0, BT), _block16(p, 2, 0, BT), _block16(p, 3, 0, BT)
     A21, A31, A32 = _block16(p, 2, 1, BT), _block16(p, 3, 1, BT), _block16(p, 3, 2, BT)
@@ -128,14 +133,15 @@ def _invert_unit_lower_64(p, BT: tl.constexpr):
     _store16(p, 3, 3, X33, BT)
 
 
-@triton.autotune(configs=configs(WY_CHOICES), key=KEY)
+@triton.autotune(configs=configs(WY_CHOICES), key=KEY + ["HAVE_T"])
 @triton.jit(do_not_specialize=["T"])
 def _wy_fwd_kernel(
     k, v, beta, gc, Tm, w, u, cu_seqlens, chunk_indices, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_G: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+    USE_G: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, HAVE_T: tl.constexpr,
 ):
-    """T = (I + A)^-1 (float32, stored), W = T (K * beta exp(gamma)), U = T (V * beta)."""
+    """T = (I + A)^-1 (float32, stored), W = T (K * beta exp(gamma)), U = T (V * beta).
+    HAVE_T: T is read from Tm (saved by the forward) and only W and U are computed (the backward)."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     bos, T, i_t, i_c = chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
@@ -144,25 +150,27 @@ def _wy_fwd_kernel(
     base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H
     o_c = tl.arange(0, BT)
     b_beta = tl.load(beta + base + r, mask=m_t, other=0).to(tl.float32)
-    b_A = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_k in tl.static_range(0, (K + BK - 1) // BK):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < K
-        b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)  # [BT, BK]
-        b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)  # [BK, BT]
-        b_A += tl.dot(b_k, b_kt, input_precision=DOT_PREC)
-    strict = o_c[:, None] > o_c[None, :]
     k_scale = b_beta
     if USE_G:
         b_g = tl.load(gc + base + r, mask=m_t, other=0)
-        b_A *= tl.exp2(tl.where(strict, b_g[:, None] - b_g[None, :], float("-inf")))
         k_scale = b_beta * tl.exp2(b_g)
-    b_A = tl.where(strict, b_A * b_beta[:, None], 0)
     p_T = Tm + (i_c * H + i_h) * BT * BT
-    tl.store(p_T + (o_c[:, None] * BT + o_c[None, :]), b_A)
-    tl.debug_barrier()  # A goes through memory to be read back as 16 x 16 blocks
-    _invert_unit_lower_64(p_T, BT)
-    tl.debug_barrier()
+    if not HAVE_T:
+        b_A = tl.zeros([BT, BT], dtype=tl.float32)
+        for i_k in tl.static_range(0, (K + BK - 1) // BK):
+            o_k = i_k * BK + tl.arange(0, BK)
+            m_k = o_k < K
+            b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)  # [BT, BK]
+            b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)  # [BK, BT]
+            b_A += tl.dot(b_k, b_kt, input_precision=DOT_PREC)
+        strict = o_c[:, None] > o_c[None, :]
+        if USE_G:
+            b_A *= tl.exp2(tl.where(strict, b_g[:, None] - b_g[None, :], float("-inf")))
+        b_A = tl.where(strict, b_A * b_beta[:, None], 0)
+        tl.store(p_T + (o_c[:, None] * BT + o_c[None, :]), b_A)
+        tl.debug_barrier()  # A goes through memory to be read back as 16 x 16 blocks
+        _invert_unit_lower_64(p_T, BT)
+        tl.debug_barrier()
     b_A = tl.load(p_T + (o_c[:, None] * BT + o_c[None, :]))  # T = (I + A)^-1
     for i_k in tl.static_range(0, (K + BK - 1) // BK):
         o_k = i_k * BK + tl.arange(0, BK)
@@ -178,18 +186,20 @@ def _wy_fwd_kernel(
         tl.store(u + base * V + (r[:, None] * V + o_v[None, :]), b_u.to(u.dtype.element_ty), mask=m_tv)
 
 
-@triton.autotune(configs=configs(WY_CHOICES), key=KEY, restore_value=["Tm", "dk_acc"])  # both are updated in place
-@triton.jit(do_not_specialize=["T"])
+@triton.autotune(configs=configs(WY_CHOICES), key=KEY + ["NK_LR"], restore_value=["dk_acc"])  # updated in place
+@triton.jit(do_not_specialize=["T", "n_rows"])
 def _wy_bwd_kernel(
-    k, v, beta, gc, Tm, h, du, dk_acc, dk, dv, dbeta, dg, cu_seqlens, chunk_indices, T,
+    k, v, beta, gc, Tm, scratch, h, du, dk_acc, dk, dv, dbeta, dg_lr, dg, cu_seqlens, chunk_indices, T, n_rows,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_G: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+    USE_G: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, NK_LR: tl.constexpr,
 ):
     """Gradients through T, W = T Kb and U = T Vb (Kb = K * beta exp(gamma), Vb = V * beta), given
     dU = dU~ and dW = -dU~ h[c]^T: dKb = T^T dW, dVb = T^T dU, dT = dW Kb^T + dU Vb^T,
     dA = -T^T dT T^T (strictly lower part). dk = dk_acc (the linear recurrence's part) + the rest;
-    dg here is this chunk's share, reverse-summed over the chunk like the linear recurrence's.
-    Overwrites this chunk's T with a scratch matrix and dk_acc with partial sums.
+    dg = this chunk's share, reverse-summed over the chunk like the linear recurrence's, plus the
+    linear recurrence's NK_LR per-K-tile shares dg_lr [NK_LR, n_rows], written in dg's dtype.
+    T is only read (it may be the forward's saved copy); B^T goes through this chunk's slot of
+    `scratch` (same shape as Tm); dk_acc is overwritten with partial sums.
     """
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -199,6 +209,7 @@ def _wy_bwd_kernel(
     base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H
     o_c = tl.arange(0, BT)
     p_T = Tm + (i_c * H + i_h) * BT * BT
+    p_S = scratch + (i_c * H + i_h) * BT * BT
     p_h = h + (i_c * H + i_h) * K * V
     b_Tt = tl.load(p_T + (o_c[None, :] * BT + o_c[:, None]))  # [BT, BT], T transposed
     b_beta = tl.load(beta + base + r, mask=m_t, other=0).to(tl.float32)
@@ -261,11 +272,10 @@ def _wy_bwd_kernel(
         b_M = b_G * b_beta[:, None]
         b_dgam += tl.sum(b_M, 1) - tl.sum(b_M, 0)
     b_B = b_dA * b_beta[:, None]  # dk = dk + B K + B^T K
-    # B^T by a round trip through memory (T's slot, no longer needed), not by transposing in registers
-    tl.debug_barrier()  # every thread has read T before B overwrites it
-    tl.store(p_T + (o_c[:, None] * BT + o_c[None, :]), b_B)
+    # B^T by a round trip through memory (this chunk's scratch slot), not by transposing in registers
+    tl.store(p_S + (o_c[:, None] * BT + o_c[None, :]), b_B)
     tl.debug_barrier()  # B and dk_acc, written by other threads of this program, are read below
-    b_Bt = tl.load(p_T + (o_c[None, :] * BT + o_c[:, None]))
+    b_Bt = tl.load(p_S + (o_c[None, :] * BT + o_c[:, None]))
     for i_k in tl.static_range(0, (K + BK - 1) // BK):
         o_k = i_k * BK + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k[None, :] < K)
@@ -275,7 +285,10 @@ def _wy_bwd_kernel(
         tl.store(dk + base * K + (r[:, None] * K + o_k[None, :]), b_dk.to(dk.dtype.element_ty), mask=m_tk)
     tl.store(dbeta + base + r, b_dbeta.to(dbeta.dtype.element_ty), mask=m_t)
     if USE_G:
-        tl.store(dg + base + r, tl.cumsum(b_dgam, axis=0, reverse=True), mask=m_t)
+        b_dg = tl.cumsum(b_dgam, axis=0, reverse=True)
+        for i_lr in tl.static_range(0, NK_LR):  # the linear recurrence's shares, one per K tile of its kernel
+            b_dg += tl.load(dg_lr + (base + n_rows.to(tl.int64) * i_lr) + r, mask=m_t, other=0)
+        tl.store(dg + base + r, b_dg.to(dg.dtype.element_ty), mask=m_t)
 
 
 # --- state passes: one program per (V tile, sequence and head) with the whole K, sequential over chunks ---
@@ -402,14 +415,24 @@ def _chunk_grid(q: Tensor, layout: ChunkLayout) -> tuple[int, int]:
     return (layout.n_chunks, (B if layout.cu_seqlens is None else 1) * H)
 
 
-def _wy(k, v, beta, gc, layout, common):
-    """T [total_chunks, H, C, C] float32, W like k, U like v."""
-    H, K = k.shape[2], k.shape[3]
-    Tm = k.new_empty(layout.total_chunks, H, CHUNK_SIZE, CHUNK_SIZE, dtype=torch.float32)
+def saved_chunks(batch: int, T: int, n_seqs: int, varlen: bool) -> int:
+    """Rows of the per-chunk T that the forward saves for the backward: known from shapes alone (the fake
+    implementation needs that), so exact without cu_seqlens and an upper bound with it:
+    sum(ceil(T_i / C)) <= T // C + N."""
+    return T // CHUNK_SIZE + n_seqs if varlen else batch * triton.cdiv(T, CHUNK_SIZE)
+
+
+def _wy(k, v, beta, gc, layout, common, Tm=None):
+    """T [chunks, H, C, C] float32, W like k, U like v. Given T (saved by the forward), only W and U are
+    computed from it; otherwise T is computed and allocated with saved_chunks(...) rows (>= total_chunks)."""
+    B, T, H, K = k.shape
+    have_t = Tm is not None
+    if not have_t:
+        Tm = k.new_empty(saved_chunks(B, T, layout.n_seqs, layout.cu_seqlens is not None), H, CHUNK_SIZE, CHUNK_SIZE, dtype=torch.float32)
     w, u = torch.empty_like(k), torch.empty_like(v)
     _wy_fwd_kernel[_chunk_grid(k, layout)](
-        k, v, beta, gc, Tm, w, u, layout.cu_seqlens, layout.chunk_indices, k.shape[1],
-        BK=_block(K, 64), BV=_block(v.shape[-1], 64), USE_G=gc is not None, **common,
+        k, v, beta, gc, Tm, w, u, layout.cu_seqlens, layout.chunk_indices, T,
+        BK=_block(K, 64), BV=_block(v.shape[-1], 64), USE_G=gc is not None, HAVE_T=have_t, **common,
     )
     return Tm, w, u
 
@@ -429,10 +452,14 @@ def _state_pass(k, w, u, gc, h0, layout, output_final_state, common):
     return h, v_new, ht
 
 
-def _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state):
+def _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state, save_t=False):
+    """(o, final states or None, T or None): with save_t, T = (I + A)^-1 per chunk, for the backward."""
     common = _common(q, v, layout)
-    _, w, u = _wy(k, v, beta, gc, layout, common)
+    Tm, w, u = _wy(k, v, beta, gc, layout, common)
+    if not save_t:
+        Tm = None  # freed now: not held through the rest of the forward
     h, v_new, ht = _state_pass(k, w, u, gc, h0, layout, output_final_state, common)
+    del w, u
     o = torch.empty_like(v)
     K, V = q.shape[-1], v.shape[-1]
     BK, BV = _block(K, 128), _block(V, 128)
@@ -440,15 +467,16 @@ def _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state):
         q, k, v_new, gc, h, o, layout.cu_seqlens, layout.chunk_indices, q.shape[1], scale,
         BK=BK, BV=BV, USE_G=gc is not None, **common,
     )
-    return o, ht
+    return o, ht, Tm
 
 
-def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0):
+def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, dg_dtype=torch.float32):
+    """Tm: T saved by the forward (None: recomputed). dg comes back in dg_dtype."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     common = _common(q, v, layout)
     use_g = gc is not None
-    Tm, w, u = _wy(k, v, beta, gc, layout, common)
+    Tm, w, u = _wy(k, v, beta, gc, layout, common, Tm)
     h, v_new, _ = _state_pass(k, w, u, gc, h0, layout, False, common)
     del u
 
@@ -482,13 +510,13 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0):
 
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     dbeta = torch.empty_like(beta)
-    dg_wy = q.new_empty(B, T, H, dtype=torch.float32) if use_g else None
+    dg = q.new_empty(B, T, H, dtype=dg_dtype) if use_g else None
+    scratch = torch.empty_like(Tm)  # for B^T inside _wy_bwd_kernel (allocated after dh and v_new are freed)
     _wy_bwd_kernel[_chunk_grid(q, layout)](
-        k, v, beta, gc, Tm, h, du, dk_acc, dk, dv, dbeta, dg_wy,
-        layout.cu_seqlens, layout.chunk_indices, T,
-        BK=_block(K, 64), BV=_block(V, 64), USE_G=use_g, **common,
+        k, v, beta, gc, Tm, scratch, h, du, dk_acc, dk, dv, dbeta, dg_lr, dg,
+        layout.cu_seqlens, layout.chunk_indices, T, B * T * H,
+        BK=_block(K, 64), BV=_block(V, 64), USE_G=use_g, NK_LR=NK, **common,
     )
-    dg = dg_lr.sum(0) + dg_wy if use_g else None
     return dq, dk, dv, dbeta, dg, dh0
 
 
@@ -498,60 +526,76 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0):
 @torch.library.custom_op("seqmix::chunk_delta_rule", mutates_args=())
 def _delta_rule_op(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None, scale: float,
-    initial_state: Tensor | None, output_final_state: bool, cu_seqlens: Tensor | None,
-) -> tuple[Tensor, Tensor]:
-    """(o, final state or an empty tensor): a custom op cannot return None."""
+    initial_state: Tensor | None, output_final_state: bool, cu_seqlens: Tensor | None, save_for_backward: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(o, final state or an empty tensor, T or an empty tensor): a custom op cannot return None.
+    With save_for_backward, T = (I + A)^-1 per chunk (float32 [saved_chunks, H, C, C]) comes back for
+    the backward, which then skips recomputing it (the inversion is the expensive part of the WY kernel)."""
     layout = chunk_layout(q.shape[0], q.shape[1], CHUNK_SIZE, cu_seqlens)
     gc = None if g is None else chunk_local_cumsum(g, layout, CHUNK_SIZE, scale=LOG2E)
     h0 = None if initial_state is None else initial_state.float().contiguous()
-    o, ht = _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state)
-    return o, q.new_empty(0, dtype=torch.float32) if ht is None else ht
+    o, ht, Tm = _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state, save_for_backward)
+    empty = q.new_empty(0, dtype=torch.float32)
+    return o, empty if ht is None else ht, q.new_empty(0, dtype=torch.float32) if Tm is None else Tm
+
+
+def _saved_t_shape(q: Tensor, cu_seqlens: Tensor | None, save: bool) -> tuple[int, ...]:
+    if not save:
+        return (0,)
+    n = q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    return (saved_chunks(q.shape[0], q.shape[1], n, cu_seqlens is not None), q.shape[2], CHUNK_SIZE, CHUNK_SIZE)
 
 
 @_delta_rule_op.register_fake
-def _(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens):
+def _(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, save_for_backward=False):
     n = q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
     shape = (n, q.shape[2], q.shape[3], v.shape[3]) if output_final_state else (0,)
-    return torch.empty_like(v), q.new_empty(shape, dtype=torch.float32)
+    Tm = q.new_empty(_saved_t_shape(q, cu_seqlens, save_for_backward), dtype=torch.float32)
+    return torch.empty_like(v), q.new_empty(shape, dtype=torch.float32), Tm
 
 
 @torch.library.custom_op("seqmix::chunk_delta_rule_backward", mutates_args=())
 def _delta_rule_backward_op(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None, scale: float, initial_state: Tensor | None,
-    cu_seqlens: Tensor | None, do: Tensor, dht: Tensor | None, need_dg: bool, need_dh0: bool,
+    cu_seqlens: Tensor | None, do: Tensor, dht: Tensor | None, need_dg: bool, need_dh0: bool, saved_t: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(dq, dk, dv, dbeta, dg, dh0); dg and dh0 are empty tensors unless asked for."""
+    """(dq, dk, dv, dbeta, dg, dh0); dg and dh0 are empty tensors unless asked for. saved_t: the
+    forward's T (read only), or None / an empty tensor to recompute it."""
     layout = chunk_layout(q.shape[0], q.shape[1], CHUNK_SIZE, cu_seqlens)
     gc = None if g is None else chunk_local_cumsum(g, layout, CHUNK_SIZE, scale=LOG2E)
     h0 = None if initial_state is None else initial_state.float().contiguous()
     dht = None if dht is None else dht.float().contiguous()
-    dq, dk, dv, dbeta, dg, dh0 = _backward(q, k, v, beta, gc, scale, h0, layout, do.contiguous(), dht, need_dh0)
-    dg = dg.to(g.dtype) if need_dg else q.new_empty(0)  # distinct empty tensors: outputs may not alias
+    Tm = None if saved_t is None or saved_t.numel() == 0 else saved_t
+    dg_dtype = g.dtype if need_dg else torch.float32
+    dq, dk, dv, dbeta, dg, dh0 = _backward(q, k, v, beta, gc, scale, h0, layout, do.contiguous(), dht, need_dh0, Tm, dg_dtype)
+    dg = dg if need_dg else q.new_empty(0)  # distinct empty tensors: outputs may not alias
     return dq, dk, dv, dbeta, dg, dh0.to(initial_state.dtype) if need_dh0 else q.new_empty(0)
 
 
 @_delta_rule_backward_op.register_fake
-def _(q, k, v, beta, g, scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0):
+def _(q, k, v, beta, g, scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0, saved_t=None):
     grads = (torch.empty_like(x) for x in (q, k, v, beta))
     return *grads, torch.empty_like(g) if need_dg else q.new_empty(0), torch.empty_like(initial_state) if need_dh0 else q.new_empty(0)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, beta, g, scale, initial_state, _, cu_seqlens = inputs
-    ctx.save_for_backward(q, k, v, beta, g, initial_state, cu_seqlens)
+    q, k, v, beta, g, scale, initial_state, _, cu_seqlens, *_ = inputs
+    saved_t = output[2]
+    ctx.mark_non_differentiable(saved_t)
+    ctx.save_for_backward(q, k, v, beta, g, initial_state, cu_seqlens, saved_t)
     ctx.scale = scale
 
 
-def _delta_rule_backward(ctx, do, dht):
-    q, k, v, beta, g, initial_state, cu_seqlens = ctx.saved_tensors
+def _delta_rule_backward(ctx, do, dht, _):
+    q, k, v, beta, g, initial_state, cu_seqlens, saved_t = ctx.saved_tensors
     do = torch.zeros_like(v) if do is None else do
     dht = None if dht is None or dht.numel() == 0 else dht
     need_dg = g is not None and ctx.needs_input_grad[4]
     need_dh0 = initial_state is not None and ctx.needs_input_grad[6]
     dq, dk, dv, dbeta, dg, dh0 = _delta_rule_backward_op(
-        q, k, v, beta, g, ctx.scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0
+        q, k, v, beta, g, ctx.scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0, saved_t
     )
-    return dq, dk, dv, dbeta, dg if need_dg else None, None, dh0 if need_dh0 else None, None, None
+    return dq, dk, dv, dbeta, dg if need_dg else None, None, dh0 if need_dh0 else None, None, None, None
 
 
 torch.library.register_autograd(_delta_rule_op, _delta_rule_backward, setup_context=_setup_context)
@@ -584,7 +628,10 @@ def chunk_delta_rule(
         raise ValueError(f"beta must be a float tensor of shape (B, T, H) = {tuple(q.shape[:3])}, got {beta.dtype} {tuple(beta.shape)}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
-    o, final_state = _delta_rule_op(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens)
+    # keep T for the backward only when one will run (about C * 4 bytes per token and head: 134 MB at
+    # B = 8, T = 4096, H = 16; without it the backward recomputes T, about 1 ms on the H100 at that size)
+    save = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, beta, g, initial_state))
+    o, final_state, _ = _delta_rule_op(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, save)
     return o, final_state if output_final_state else None
 
 

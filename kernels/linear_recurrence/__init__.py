@@ -1,4 +1,4 @@
-"""Linear recurrence with a scalar decay per (token, head) as Triton kernels; see README.md."""
+"""Linear recurrence with a decay per (token, head), per key channel (GLA) or none, as Triton kernels; see README.md."""
 
 from kernels.linear_recurrence.chunk import chunk_linear_recurrence, supports
 

@@ -1,13 +1,16 @@
-"""Chunked linear recurrence with one decay per (token, head): Simple GLA, RetNet, Mamba-2 SSD, linear attention.
+"""Chunked linear recurrence with a decay per (token, head) or per key channel: Simple GLA, RetNet,
+Mamba-2 SSD, linear attention, GLA.
 
-S_t = exp(g_t) S_{t-1} + k_t v_t^T, o_t = S_t^T (scale q_t); chunk algorithm of spec section 1, schedule
+S_t = Diag(exp(g_t)) S_{t-1} + k_t v_t^T, o_t = S_t^T (scale q_t); chunk algorithm of spec section 1, schedule
 in README.md. Forward: chunk-local cumsum of g, state pass (h), output pass (o). Backward: the state
 pass again (h is recomputed, not stored), reverse state pass (dh), dv, then dq, dk and dg. dg is
 computed per chunk (d loss / d gamma from the score matrices in fp32, the read of h and the writes
 to the next state, reverse-summed inside the chunk): never as a reverse cumsum of q.dq - k.dk over
 the whole sequence, whose terms cancel over long ranges and leave bf16 rounding errors growing with T.
+A decay per key channel (flag G_PER_K) runs the same state, output and dv kernels; its intra-chunk
+scores and dq, dk, dg come from vector_decay.py (secondary chunking).
 
-Layout: q, k (B, T, H, K); v, o (B, T, H, V); g (B, T, H); states (N, H, K, V) float32. Per-chunk
+Layout: q, k (B, T, H, K); v, o (B, T, H, V); g (B, T, H) or (B, T, H, K); states (N, H, K, V) float32. Per-chunk
 states h, dh are (total_chunks, H, K, V) in the input dtype (they feed tensor-core matmuls in that
 dtype; the state carried along the sequence stays float32). Cumulative gates are float32 in log2
 units, used with exp2. Offsets are int64; T is a run-time argument (no recompilation per length).
@@ -21,6 +24,8 @@ from torch import Tensor
 from kernels.common.chunks import ChunkLayout, chunk_coords, chunk_layout, sequence_coords
 from kernels.common.config import all_configs, configs
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
+from kernels.linear_recurrence import vector_decay
+from kernels.linear_recurrence.vector_decay import SUB_CHUNK, _dqkg_kernel, _intra_grad_kernel, _intra_scores_kernel
 
 CHUNK_SIZE = 64
 MAX_HEAD_DIM = 256
@@ -38,15 +43,16 @@ KEY = ["H", "K", "V", "BK", "BV", "USE_G", "IS_VARLEN"]
 # --- state passes: one program per (K tile, V tile, sequence and head), sequential over chunks -----------
 
 
-@triton.autotune(configs=configs(STATE_CHOICES), key=KEY + ["USE_H0", "STORE_HT"])
+@triton.autotune(configs=configs(STATE_CHOICES), key=KEY + ["G_PER_K", "USE_H0", "STORE_HT"])
 @triton.jit(do_not_specialize=["T"])
 def _fwd_h_kernel(
     k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_G: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr,
+    USE_G: tl.constexpr, G_PER_K: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    """h[c] = state entering chunk c; S <- exp(gamma_C) S + (K * exp(gamma_C - gamma))^T V."""
+    """h[c] = state entering chunk c; S <- exp(gamma_C) S + (K * exp(gamma_C - gamma))^T V, with gamma one
+    value per row or (G_PER_K) one per row and key channel, exp(gamma_C) then scaling the rows of S."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, T, NT, c0 = sequence_coords(i_n, T, cu_seqlens, chunk_offsets, BT, IS_VARLEN)
@@ -66,25 +72,31 @@ def _fwd_h_kernel(
         b_v = tl.load(v + base * V + (r[:, None] * V + o_v[None, :]), mask=m_t[:, None] & (o_v[None, :] < V), other=0)  # [BT, BV]
         if USE_G:
             last = tl.minimum(i_t * BT + BT, T) - 1
-            b_g_last = tl.load(gc + (bos + last) * H + i_h)
-            b_g = tl.load(gc + base + r, mask=m_t, other=0)
-            b_h *= tl.exp2(b_g_last)
-            b_v = (b_v * tl.exp2(b_g_last - b_g)[:, None]).to(b_v.dtype)
+            if G_PER_K:
+                b_g_last = tl.load(gc + ((bos + last) * H + i_h) * K + o_k, mask=o_k < K, other=0)  # [BK]
+                b_g = tl.load(gc + base * K + (r[None, :] * K + o_k[:, None]), mask=(o_k[:, None] < K) & m_t[None, :], other=0)  # [BK, BT]
+                b_h *= tl.exp2(b_g_last)[:, None]
+                b_k = (b_k * tl.exp2(b_g_last[:, None] - b_g)).to(b_k.dtype)
+            else:
+                b_g_last = tl.load(gc + (bos + last) * H + i_h)
+                b_g = tl.load(gc + base + r, mask=m_t, other=0)
+                b_h *= tl.exp2(b_g_last)
+                b_v = (b_v * tl.exp2(b_g_last - b_g)[:, None]).to(b_v.dtype)
         b_h += tl.dot(b_k, b_v, input_precision=DOT_PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
-@triton.autotune(configs=configs(STATE_CHOICES), key=KEY + ["USE_DHT", "STORE_DH0"])
+@triton.autotune(configs=configs(STATE_CHOICES), key=KEY + ["G_PER_K", "USE_DHT", "STORE_DH0"])
 @triton.jit(do_not_specialize=["T"])
 def _bwd_dh_kernel(
     q, do, gc, dh, dht, dh0, cu_seqlens, chunk_offsets, T, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_G: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr,
+    USE_G: tl.constexpr, G_PER_K: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
     """dh[c] = gradient of the state leaving chunk c from later chunks and dS_T;
-    dS <- exp(gamma_C) dS + scale (Q * exp(gamma))^T dO, in reverse chunk order."""
+    dS <- exp(gamma_C) dS + scale (Q * exp(gamma))^T dO, in reverse chunk order (gamma per key channel with G_PER_K)."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, T, NT, c0 = sequence_coords(i_n, T, cu_seqlens, chunk_offsets, BT, IS_VARLEN)
@@ -104,10 +116,16 @@ def _bwd_dh_kernel(
         b_do = tl.load(do + base * V + (r[:, None] * V + o_v[None, :]), mask=m_t[:, None] & (o_v[None, :] < V), other=0)  # [BT, BV]
         if USE_G:
             last = tl.minimum(i_t * BT + BT, T) - 1
-            b_g_last = tl.load(gc + (bos + last) * H + i_h)
-            b_g = tl.load(gc + base + r, mask=m_t, other=0)
-            b_dh *= tl.exp2(b_g_last)
-            b_q = (b_q * (tl.exp2(b_g) * scale)[None, :]).to(b_q.dtype)
+            if G_PER_K:
+                b_g_last = tl.load(gc + ((bos + last) * H + i_h) * K + o_k, mask=o_k < K, other=0)  # [BK]
+                b_g = tl.load(gc + base * K + (r[None, :] * K + o_k[:, None]), mask=(o_k[:, None] < K) & m_t[None, :], other=0)  # [BK, BT]
+                b_dh *= tl.exp2(b_g_last)[:, None]
+                b_q = (b_q * (tl.exp2(b_g) * scale)).to(b_q.dtype)
+            else:
+                b_g_last = tl.load(gc + (bos + last) * H + i_h)
+                b_g = tl.load(gc + base + r, mask=m_t, other=0)
+                b_dh *= tl.exp2(b_g_last)
+                b_q = (b_q * (tl.exp2(b_g) * scale)[None, :]).to(b_q.dtype)
         else:
             b_q = (b_q * scale).to(b_q.dtype)
         b_dh += tl.dot(b_q, b_do, input_precision=DOT_PREC)
@@ -118,14 +136,16 @@ def _bwd_dh_kernel(
 # --- chunk-parallel passes: one program per (tile, chunk, batch and head) --------------------------------
 
 
-@triton.autotune(configs=configs(TILE_CHOICES), key=KEY)
+@triton.autotune(configs=configs(TILE_CHOICES), key=KEY + ["G_PER_K"])
 @triton.jit(do_not_specialize=["T"])
 def _fwd_o_kernel(
     q, k, v, gc, h, o, cu_seqlens, chunk_indices, T, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_G: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+    A=None, G_PER_K: tl.constexpr = False,  # defaults: the delta-rule kernels call this one without them
 ):
-    """O = scale (Q * exp(gamma)) h[c] + (scale Q K^T * Gamma) V."""
+    """O = scale (Q * exp(gamma)) h[c] + (scale Q K^T * Gamma) V. With G_PER_K (gamma per key channel)
+    the scores Q K^T * Gamma are read from A (fp32, from vector_decay._intra_scores_kernel)."""
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     bos, T, i_t, i_c = chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
@@ -141,12 +161,18 @@ def _fwd_o_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         b_q = tl.load(q + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)  # [BT, BK]
-        b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)  # [BK, BT]
         b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0)  # [BK, BV]
-        b_o += tl.dot(b_q, b_h, input_precision=DOT_PREC)
-        b_A += tl.dot(b_q, b_kt, input_precision=DOT_PREC)
+        if G_PER_K:
+            b_g = tl.load(gc + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)
+            b_o += tl.dot((b_q * tl.exp2(b_g)).to(b_q.dtype), b_h, input_precision=DOT_PREC)
+        else:
+            b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)  # [BK, BT]
+            b_o += tl.dot(b_q, b_h, input_precision=DOT_PREC)
+            b_A += tl.dot(b_q, b_kt, input_precision=DOT_PREC)
     causal = o_t[:, None] >= o_t[None, :]
-    if USE_G:
+    if G_PER_K:
+        b_A = tl.load(A + base * BT + (r[:, None] * BT + tl.arange(0, BT)[None, :]), mask=m_t[:, None], other=0)
+    elif USE_G:
         b_g = tl.load(gc + base + r, mask=m_t, other=0)
         b_o *= tl.exp2(b_g)[:, None]
         b_A *= tl.exp2(tl.where(causal, b_g[:, None] - b_g[None, :], float("-inf")))
@@ -156,15 +182,17 @@ def _fwd_o_kernel(
     tl.store(o + base * V + (r[:, None] * V + o_v[None, :]), b_o.to(o.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
 
 
-@triton.autotune(configs=configs(TILE_CHOICES), key=KEY + ["USE_DH"])
+@triton.autotune(configs=configs(TILE_CHOICES), key=KEY + ["USE_DH", "G_PER_K"])
 @triton.jit(do_not_specialize=["T"])
 def _bwd_dv_kernel(
     q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, T, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_G: tl.constexpr, USE_DH: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+    A=None, G_PER_K: tl.constexpr = False,  # defaults: the delta-rule kernels call this one without them
 ):
     """dV = (K * exp(gamma_C - gamma)) dh[c] + (scale Q K^T * Gamma)^T dO; without USE_DH only the
-    second (chunk-local) term, which the delta rule's reverse state pass completes.
+    second (chunk-local) term, which the delta rule's reverse state pass completes. With G_PER_K
+    (gamma per key channel) the scores are read from A, transposed by the load.
 
     The transposed score matrix is computed as K Q^T directly: transposing a dot result before
     another dot is miscompiled on Hopper by Triton 3.4 - 3.7.0 (fla issue 640).
@@ -183,13 +211,22 @@ def _bwd_dv_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)  # [BT, BK]
-        b_qt = tl.load(q + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)  # [BK, BT]
         if USE_DH:
             b_dh = tl.load(dh + (i_c * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0)  # [BK, BV]
-            b_dv += tl.dot(b_k, b_dh, input_precision=DOT_PREC)
-        b_At += tl.dot(b_k, b_qt, input_precision=DOT_PREC)
+            if G_PER_K:
+                last = tl.minimum(i_t * BT + BT, T) - 1
+                b_g_last = tl.load(gc + ((bos + last) * H + i_h) * K + o_k, mask=m_k, other=0)  # [BK]
+                b_g = tl.load(gc + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)
+                b_dv += tl.dot((b_k * tl.exp2(b_g_last[None, :] - b_g)).to(b_k.dtype), b_dh, input_precision=DOT_PREC)
+            else:
+                b_dv += tl.dot(b_k, b_dh, input_precision=DOT_PREC)
+        if not G_PER_K:
+            b_qt = tl.load(q + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)  # [BK, BT]
+            b_At += tl.dot(b_k, b_qt, input_precision=DOT_PREC)
     anticausal = o_t[:, None] <= o_t[None, :]  # j <= r
-    if USE_G:
+    if G_PER_K:  # b_At[j, r] = A[r, j]
+        b_At = tl.load(A + base * BT + (r[None, :] * BT + tl.arange(0, BT)[:, None]), mask=m_t[None, :], other=0)
+    elif USE_G:
         last = tl.minimum(i_t * BT + BT, T) - 1
         b_g_last = tl.load(gc + (bos + last) * H + i_h)
         b_g = tl.load(gc + base + r, mask=m_t, other=0)
@@ -302,6 +339,7 @@ AUTOTUNED = {  # every autotuned kernel with all its config choices (the GPU tes
     _fwd_o_kernel: TILE_CHOICES,
     _bwd_dv_kernel: TILE_CHOICES,
     _bwd_dqk_kernel: DQK_CHOICES,
+    **vector_decay.AUTOTUNED,
 }
 
 
@@ -325,6 +363,11 @@ def _tile_grid(n_tiles: int, q: Tensor, layout: ChunkLayout) -> tuple[int, int, 
     return (n_tiles, layout.n_chunks, (B if layout.cu_seqlens is None else 1) * H)
 
 
+def _gates(gc: Tensor | None) -> dict:
+    """The gate flags of the kernels: no gate, one per (token, head), or (G_PER_K) one per key channel."""
+    return dict(USE_G=gc is not None, G_PER_K=gc is not None and gc.dim() == 4)
+
+
 def _state_pass(
     k: Tensor, v: Tensor, gc: Tensor | None, h0: Tensor | None, layout: ChunkLayout, output_final_state: bool
 ) -> tuple[Tensor, Tensor | None]:
@@ -336,19 +379,31 @@ def _state_pass(
     BK, BV = _block(K, 64), _block(V, 64)
     _fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), layout.n_seqs * H)](
         k, v, gc, h, h0, ht, layout.cu_seqlens, layout.chunk_offsets, T,
-        BK=BK, BV=BV, USE_G=gc is not None, USE_H0=h0 is not None, STORE_HT=output_final_state, **_common(k, v, layout),
+        BK=BK, BV=BV, USE_H0=h0 is not None, STORE_HT=output_final_state, **_gates(gc), **_common(k, v, layout),
     )
     return h, ht
 
 
+def _intra_scores(q: Tensor, k: Tensor, gc: Tensor, layout: ChunkLayout) -> Tensor:
+    """Decay per key channel: the unscaled intra-chunk scores A [B, T, H, CHUNK_SIZE] (fp32), sub-chunked."""
+    common = {name: x for name, x in _common(q, q, layout).items() if name != "V"}  # the scores never see V
+    A = q.new_empty(*q.shape[:3], CHUNK_SIZE, dtype=torch.float32)
+    _intra_scores_kernel[_tile_grid(CHUNK_SIZE // SUB_CHUNK, q, layout)](
+        q, k, gc, A, layout.cu_seqlens, layout.chunk_indices, q.shape[1], BC=SUB_CHUNK, BK=_block(q.shape[-1], 64), **common,
+    )
+    return A
+
+
 def _forward(q, k, v, gc, scale, h0, layout, output_final_state):
     h, ht = _state_pass(k, v, gc, h0, layout, output_final_state)
+    gates = _gates(gc)
+    A = _intra_scores(q, k, gc, layout) if gates["G_PER_K"] else None
     o = torch.empty_like(v)
     K, V = q.shape[-1], v.shape[-1]
     BK, BV = _block(K, 128), _block(V, 128)
     _fwd_o_kernel[_tile_grid(triton.cdiv(V, BV), q, layout)](
         q, k, v, gc, h, o, layout.cu_seqlens, layout.chunk_indices, q.shape[1], scale,
-        BK=BK, BV=BV, USE_G=gc is not None, **_common(q, v, layout),
+        BK=BK, BV=BV, A=A, **gates, **_common(q, v, layout),
     )
     return o, ht
 
@@ -357,6 +412,7 @@ def _backward(q, k, v, gc, scale, h0, layout, do, dht, need_dh0):
     B, T, H, K = q.shape
     V = v.shape[-1]
     common = _common(q, v, layout)
+    gates = _gates(gc)
     h, _ = _state_pass(k, v, gc, h0, layout, False)
 
     dh = q.new_empty(layout.total_chunks, H, K, V)
@@ -364,15 +420,20 @@ def _backward(q, k, v, gc, scale, h0, layout, do, dht, need_dh0):
     BK, BV = _block(K, 64), _block(V, 64)
     _bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), layout.n_seqs * H)](
         q, do, gc, dh, dht, dh0, layout.cu_seqlens, layout.chunk_offsets, T, scale,
-        BK=BK, BV=BV, USE_G=gc is not None, USE_DHT=dht is not None, STORE_DH0=need_dh0, **common,
+        BK=BK, BV=BV, USE_DHT=dht is not None, STORE_DH0=need_dh0, **gates, **common,
     )
 
+    A = _intra_scores(q, k, gc, layout) if gates["G_PER_K"] else None  # recomputed, like h
     dv = torch.empty_like(v)
     BK, BV = _block(K, 128), _block(V, 128)
     _bwd_dv_kernel[_tile_grid(triton.cdiv(V, BV), q, layout)](
         q, k, gc, do, dh, dv, layout.cu_seqlens, layout.chunk_indices, T, scale,
-        BK=BK, BV=BV, USE_G=gc is not None, USE_DH=True, **common,
+        BK=BK, BV=BV, USE_DH=True, A=A, **gates, **common,
     )
+    del A
+    if gates["G_PER_K"]:
+        dq, dk, dg = _vector_decay_dqkg(q, k, v, gc, h, do, dh, scale, layout)
+        return dq, dk, dv, dg, dh0
 
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     BK, BV = _block(K, 128), _block(V, 64)
@@ -383,6 +444,27 @@ def _backward(q, k, v, gc, scale, h0, layout, do, dht, need_dh0):
         BK=BK, BV=BV, USE_G=gc is not None, **common,
     )
     return dq, dk, dv, (None if dg is None else dg.sum(0)), dh0
+
+
+def _vector_decay_dqkg(q, k, v, gc, h, do, dh, scale, layout):
+    """Decay per key channel: dq, dk (input dtype) and dg [B, T, H, K] (fp32). The intra-chunk parts of
+    dq and dk (fp32, sub-chunked), then the state parts, the sums and dg per chunk."""
+    common = _common(q, v, layout)
+    K, V = q.shape[-1], v.shape[-1]
+    BK, BV = _block(K, 64), _block(V, 64)
+    NK = triton.cdiv(K, BK)
+    dq_intra, dk_intra = (q.new_empty(q.shape, dtype=torch.float32) for _ in range(2))
+    _intra_grad_kernel[_tile_grid(NK * (CHUNK_SIZE // SUB_CHUNK), q, layout)](
+        q, k, v, gc, do, dq_intra, dk_intra, layout.cu_seqlens, layout.chunk_indices, q.shape[1], scale,
+        BC=SUB_CHUNK, BK=BK, BV=BV, **common,
+    )
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    dg = q.new_empty(q.shape, dtype=torch.float32)
+    _dqkg_kernel[_tile_grid(NK, q, layout)](
+        q, k, v, gc, h, do, dh, dq_intra, dk_intra, dq, dk, dg, layout.cu_seqlens, layout.chunk_indices, q.shape[1], scale,
+        BK=BK, BV=BV, **common,
+    )
+    return dq, dk, dg
 
 
 # --- the public op: a torch.library custom op (opaque to torch.compile, with fake implementations) -----
@@ -462,15 +544,15 @@ def chunk_linear_recurrence(
     """S_t = exp(g_t) S_{t-1} + k_t v_t^T and o_t = S_t^T (scale q_t), read after the update, on the GPU.
 
     q, k: (B, T, H, K); v: (B, T, H, V), float32, bfloat16 or float16, K, V <= 256; g: log decay
-    <= 0 of shape (B, T, H) (one per head), or None for no decay; scale defaults to K ** -0.5.
+    <= 0 (finite) of shape (B, T, H) (one per head: Simple GLA, RetNet, Mamba-2), (B, T, H, K) (one per
+    key channel, scaling the rows of S: GLA), or None for no decay; scale defaults to K ** -0.5.
     initial_state: (N, H, K, V); cu_seqlens: int32/int64 (N + 1,) offsets of N sequences packed
     into B = 1 (chunks never cross a boundary; each has its own initial and final state).
     Returns o (B, T, H, V) in the input dtype and the final state (N, H, K, V) in float32 or None.
-    Differentiable in q, k, v, g and initial_state. A decay per key channel (B, T, H, K) is not
-    handled here: callers fall back to the PyTorch chunk form for it. A torch.library custom op
+    Differentiable in q, k, v, g and initial_state. A torch.library custom op
     ("seqmix::chunk_linear_recurrence") with a fake implementation, so torch.compile traces models that call it.
     """
-    check_inputs(q, k, v, g, initial_state, cu_seqlens)
+    check_inputs(q, k, v, g, initial_state, cu_seqlens, per_channel_g=True)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     q, k, v = (x.contiguous() for x in (q, k, v))
     o, final_state = _linear_recurrence_op(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)
@@ -479,19 +561,25 @@ def chunk_linear_recurrence(
 
 def supports(q: Tensor, v: Tensor, g: Tensor | None) -> bool:
     """Whether these kernels take the inputs (otherwise use the PyTorch chunk form): float32 or 16-bit
-    inputs, head dims K, V <= MAX_HEAD_DIM, and no decay or one decay per (token, head)."""
-    return q.dtype in DTYPES and max(q.shape[-1], v.shape[-1]) <= MAX_HEAD_DIM and (g is None or g.dim() == 3)
+    inputs, head dims K, V <= MAX_HEAD_DIM, and no decay, one per (token, head) or one per key channel."""
+    return q.dtype in DTYPES and max(q.shape[-1], v.shape[-1]) <= MAX_HEAD_DIM and (g is None or g.dim() in (3, 4))
 
 
-def check_inputs(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, initial_state: Tensor | None, cu_seqlens: Tensor | None) -> None:
-    """Clear errors for inputs the kernels cannot take (shared with the delta-rule kernels)."""
+def check_inputs(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, initial_state: Tensor | None, cu_seqlens: Tensor | None,
+    *, per_channel_g: bool = False,
+) -> None:
+    """Clear errors for inputs the kernels cannot take (shared with the delta-rule kernels, which take no
+    decay per key channel: per_channel_g=False)."""
     if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
         raise ValueError(f"q, k must be (B, T, H, K) and v (B, T, H, V) with the same B, T, H; got {q.shape}, {k.shape}, {v.shape}")
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in DTYPES:
         raise TypeError(f"q, k, v must share one dtype among {DTYPES}, got {q.dtype}, {k.dtype}, {v.dtype}")
     if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
         raise ValueError(f"head dims above {MAX_HEAD_DIM} are not supported by the Triton kernel, got K={q.shape[-1]}, V={v.shape[-1]}")
-    if g is not None and g.shape != q.shape[:3]:
+    if per_channel_g and g is not None and g.shape not in (q.shape[:3], q.shape):
+        raise ValueError(f"g must have shape (B, T, H) = {tuple(q.shape[:3])} or (B, T, H, K) = {tuple(q.shape)}, got {tuple(g.shape)}")
+    if not per_channel_g and g is not None and g.shape != q.shape[:3]:
         raise ValueError(
             f"the Triton kernel takes g of shape (B, T, H) = {tuple(q.shape[:3])} (one decay per head), got {tuple(g.shape)}; "
             "use the PyTorch chunk implementation for a decay per key channel"

@@ -1,8 +1,9 @@
 """Cases for the Triton kernels (linear recurrence, delta rule) and their comparison with the chunked PyTorch form.
 
 Shared by the GPU tests and by the CPU interpreter run. The interpreter must be switched on before
-Triton is imported, so on CPU this module runs in a subprocess (`python -m tests.kernels.cases OP`,
-with TRITON_INTERPRET=1) and prints one JSON line per case; the test module reads them.
+Triton is imported, so on CPU this module runs in a subprocess (`python -m tests.kernels.cases GROUP`,
+with TRITON_INTERPRET=1; GROUP is an op or "gla", the linear recurrence with a decay per key channel)
+and prints one JSON line per case; the test module reads them.
 
 Each comparison draws random inputs in float32, rounds them to the case dtype, and compares the
 kernel (run on those rounded inputs) with the chunk form in float64 on the same rounded values:
@@ -30,7 +31,7 @@ class Case:
     B: int = 2
     H: int = 2
     dtype: str = "float32"
-    gate: str = "scalar"  # "scalar" (B, T, H), "none" (g=None) or "vector" (B, T, H, K): the core wrapper falls back
+    gate: str = "scalar"  # "scalar" (B, T, H), "none" (g=None) or one per key channel (B, T, H, K): see GATES
     op: str = "linear_recurrence"  # or "delta_rule" (L2-normalised keys, beta in [0, 2])
     state: bool = True  # with an initial state
     lengths: tuple[int, ...] = ()  # packed sequences (cu_seqlens); then B = 1 and T = sum(lengths)
@@ -77,12 +78,15 @@ def make_inputs(case: Case, device: str) -> dict[str, torch.Tensor | None]:
     inputs = dict(q=q.to(dtype), k=(F.normalize(k, dim=-1) if case.op == "delta_rule" else k).to(dtype), v=randn(B, T, case.H, case.V).to(dtype))
     if case.op == "delta_rule":
         inputs["beta"] = (2 * torch.sigmoid(randn(B, T, case.H))).to(dtype)
-    inputs.update(
-        g={"none": None, "scalar": F.logsigmoid(randn(B, T, case.H) + 3), "vector": F.logsigmoid(randn(B, T, case.H, case.K) + 3)}[
-            case.gate
-        ],
-        initial_state=randn(n_states, case.H, case.K, case.V) if case.state else None,
-    )
+    x_scalar, x_vector = randn(B, T, case.H), randn(B, T, case.H, case.K)  # drawn for every gate: the other inputs stay the same
+    gates = {
+        "none": None,
+        "scalar": F.logsigmoid(x_scalar + 3),
+        "vector": F.logsigmoid(x_vector + 3),
+        "gla": F.logsigmoid(x_vector) / 16,  # GLA's gate with its normaliser 16
+        "strong": -5 * torch.sigmoid(x_vector + 2),  # down to -5: gamma falls by ~280 over a chunk, ~70 over a sub-chunk
+    }
+    inputs.update(g=gates[case.gate], initial_state=randn(n_states, case.H, case.K, case.V) if case.state else None)
     if dtype == torch.float64:  # gates and states are float32 otherwise, float64 here
         inputs = {name: None if x is None else x.double() for name, x in inputs.items()}
     return {name: None if x is None else x.to(device) for name, x in inputs.items()}
@@ -174,7 +178,24 @@ INTERPRETER_CASES = [
     Case(T=70, K=24, V=40, loss="state", seed=5),
     Case(T=70, K=24, V=40, loss="output", state=False, seed=6),
     Case(T=40, K=16, V=24, dtype="float16", via_core=True, seed=7),  # float32 would go to the chunk form
-    Case(T=40, K=16, V=24, gate="vector", via_core=True, seed=8),  # not a kernel input: falls back to the chunk form
+    Case(T=40, K=16, V=24, gate="vector", via_core=True, seed=8),  # float32: core runs the chunk form
+]
+
+
+# A decay per key channel (GLA): vector_decay.py and the per-channel flags of the shared kernels.
+GLA = "gla"
+GLA_INTERPRETER_CASES = [
+    Case(T=1, K=16, V=16, B=1, H=1, gate="vector"),
+    Case(T=63, K=32, V=32, B=1, gate="gla"),
+    Case(T=65, K=16, V=16, B=1, H=1, gate="strong", state=False, seed=1),  # (Q e^gamma)(K e^-gamma)^T would overflow
+    Case(T=70, K=24, V=40, B=1, gate="vector", seed=2),  # head dims not powers of two
+    Case(T=70, K=72, V=16, B=1, H=1, gate="gla", seed=3),  # K above 64: two K tiles in the sub-chunk kernels
+    Case(T=64, K=32, V=32, B=1, dtype="float16", gate="gla", seed=4),
+    Case(T=65, K=16, V=16, B=1, H=1, dtype="float16", gate="strong", seed=5),
+    Case(T=0, K=16, V=24, H=1, gate="vector", lengths=(5, 70, 0, 1, 30), seed=6),  # an empty sequence keeps its state
+    Case(T=70, K=16, V=16, B=1, gate="vector", loss="state", seed=7),
+    Case(T=65, K=16, V=16, B=1, gate="gla", loss="output", state=False, seed=8),
+    Case(T=40, K=16, V=24, B=1, dtype="float16", gate="gla", via_core=True, seed=9),
 ]
 
 
@@ -190,10 +211,10 @@ DELTA_INTERPRETER_CASES = [
     Case(T=70, K=24, V=40, loss="state", op=DELTA, seed=5),
     Case(T=40, K=16, V=24, dtype="float16", via_core=True, op=DELTA, seed=7),
 ]
-CASES = {"linear_recurrence": INTERPRETER_CASES, DELTA: DELTA_INTERPRETER_CASES}
+CASES = {"linear_recurrence": INTERPRETER_CASES, DELTA: DELTA_INTERPRETER_CASES, GLA: GLA_INTERPRETER_CASES}
 
 
-def compiled_vs_eager(op: str, device: str) -> Result:
+def compiled_vs_eager(op: str, device: str, gate: str = "scalar") -> Result:
     """The op as a torch.library custom op: `torch.library.opcheck` (schema, fake implementation,
     autograd registration; raises on failure), then torch.compile(fullgraph=True, backend="aot_eager")
     of a loss over it, forward and backward, against the eager call: relative RMS differences of the
@@ -201,7 +222,7 @@ def compiled_vs_eager(op: str, device: str) -> Result:
     from kernels.delta_rule import chunk_delta_rule
     from kernels.linear_recurrence import chunk_linear_recurrence
 
-    case = Case(T=20, K=16, V=16, B=1, H=2, op=op, seed=40)
+    case = Case(T=20, K=16, V=16, B=1, H=2, gate=gate, op=op, seed=40)
     inputs = make_inputs(case, device)
     names = [name for name, x in inputs.items() if x is not None]
     positional = ["q", "k", "v", "beta"] if op == DELTA else ["q", "k", "v"]
@@ -209,6 +230,8 @@ def compiled_vs_eager(op: str, device: str) -> Result:
     custom_op = getattr(torch.ops.seqmix, f"chunk_{op}").default
     leaves = [inputs[n].clone().requires_grad_() for n in positional + ["g", "initial_state"]]
     torch.library.opcheck(custom_op, [*leaves[:-1], 0.3, leaves[-1], True, None])
+    if op == DELTA:  # the forward also returning T for the backward (what chunk_delta_rule asks for under autograd)
+        torch.library.opcheck(custom_op, [*leaves[:-1], 0.3, leaves[-1], True, None, True])
     rng = torch.Generator(device="cpu").manual_seed(1)
     w_o = torch.randn(inputs["v"].shape, generator=rng).to(device)
 
@@ -221,10 +244,22 @@ def compiled_vs_eager(op: str, device: str) -> Result:
         leaves = {name: inputs[name].clone().requires_grad_() for name in names}
         value = run(leaves)
         results.append([value.detach(), *_grad(value, leaves)])
-    result = Result(f"compile-{op}")
+    result = Result(f"compile-{op}" + ("" if gate == "scalar" else f"-gate-{gate}"))
     for name, x, ref in zip(["loss"] + [f"d{n}" for n in names], *results):
         result.errors[name] = rel_rms(x, ref)
+    # a second backward through the same graph (retain_graph) gives the same gradients: whatever the
+    # forward saved for the backward (the delta rule's T) is read, never overwritten
+    leaves = {name: inputs[name].clone().requires_grad_() for name in names}
+    value = loss(leaves)
+    first = _grad_retained(value, leaves)
+    for name, x, ref in zip(names, _grad(value, leaves), first):
+        result.errors[f"second-backward-d{name}"] = rel_rms(x, ref)
     return result
+
+
+def _grad_retained(loss: torch.Tensor, leaves: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True, retain_graph=True)
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves.values())]
 
 
 def compare_step(case: Case, device: str) -> Result:
@@ -258,10 +293,14 @@ STEP_CASES = [  # T decode steps; head dims that are not powers of two
 
 
 def main() -> None:
-    op = sys.argv[1] if len(sys.argv) > 1 else "linear_recurrence"
-    for case in CASES[op]:
+    group = sys.argv[1] if len(sys.argv) > 1 else "linear_recurrence"
+    for case in CASES[group]:
         result = compare(case, "cpu")
         print(json.dumps({**asdict(result), "spec": asdict(case)}), flush=True)
+    if group == GLA:
+        print(json.dumps(asdict(compiled_vs_eager("linear_recurrence", "cpu", gate="vector"))), flush=True)
+        return
+    op = group
     print(json.dumps(asdict(compiled_vs_eager(op, "cpu"))), flush=True)
     for case in STEP_CASES:
         if case.op == op:

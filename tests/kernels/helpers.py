@@ -1,4 +1,5 @@
-"""What the kernel test modules share: tolerances, the check, and the interpreter subprocess run."""
+"""What the kernel test modules share: tolerances, the check, the interpreter subprocess run and the
+GPU test of 64-bit offsets."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.kernels.cases import Case
+import torch
+
+from tests.kernels.cases import Case, rel_rms
 
 ROOT = Path(__file__).resolve().parents[2]
 # relative RMS error allowed for (outputs and states, gradients)
@@ -21,13 +24,57 @@ def check(case: Case, errors: dict[str, float]) -> None:
     assert not bad, f"{case.name}: relative RMS errors above ({tol_out}, {tol_grad}): {bad}; all: {errors}"
 
 
-def run_interpreter(op: str) -> dict[str, dict[str, float]]:
-    """Errors of every interpreter case of `op`, by case name, from `python -m tests.kernels.cases OP`
-    in a subprocess (TRITON_INTERPRET=1 must be set before Triton is imported, and must not leak)."""
+def run_interpreter(group: str) -> dict[str, dict[str, float]]:
+    """Errors of every interpreter case of `group` (an op, or "gla"), by case name, from
+    `python -m tests.kernels.cases GROUP` in a subprocess (TRITON_INTERPRET=1 must be set before Triton
+    is imported, and must not leak)."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
     run = subprocess.run(
-        [sys.executable, "-m", "tests.kernels.cases", op], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "tests.kernels.cases", group], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert run.returncode == 0, f"interpreter run failed:\n{run.stdout}\n{run.stderr[-5000:]}"
     results = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     return {r["case"]: r["errors"] for r in results}
+
+
+def check_64bit_offsets(gate: str, V: int, min_free_gib: int) -> None:
+    """The linear recurrence at T = 131072 with H * K large enough that offsets pass 2**31 elements, on
+    the GPU; gate "scalar" (B, T, H) or "gla" (B, T, H, K). V may be small: q, k and g carry the offsets.
+
+    Keys are zero before the last `tail` tokens, so the state there is zero and the tail must equal
+    a separate run of the chunk form on the tail alone; the tail sits at the largest offsets.
+    """
+    import pytest
+
+    from kernels.linear_recurrence import chunk_linear_recurrence
+
+    T, H, D, tail = 131072, 132, 128, 2048
+    assert T * H * D > 2**31
+    free, _ = torch.cuda.mem_get_info()
+    if free < min_free_gib * 2**30:
+        pytest.skip(f"needs about {min_free_gib} GiB of free GPU memory, {free / 2**30:.0f} GiB free")
+    torch.manual_seed(0)
+    q, k = (torch.randn(1, T, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    v = torch.randn(1, T, H, V, device="cuda", dtype=torch.bfloat16)
+    k[:, :-tail] = 0
+    x = torch.randn(1, T, H, *((D,) if gate == "gla" else ()), device="cuda")
+    g = torch.nn.functional.logsigmoid(x) / 16 if gate == "gla" else torch.nn.functional.logsigmoid(x + 3)
+    del x
+    leaves = [t.requires_grad_() for t in (q, k, v, g)]
+    o, state = chunk_linear_recurrence(q, k, v, g, output_final_state=True)
+    w_o = torch.randn(1, tail, H, V, device="cuda")
+    w_s = torch.randn_like(state)
+    grads = torch.autograd.grad((o[:, -tail:].float() * w_o).sum() + (state * w_s).sum(), leaves)
+    assert o[:, :-tail].abs().max().item() == 0
+    tail_o, tail_grads = o[:, -tail:], [t[:, -tail:] for t in grads]
+    del o, grads, leaves
+    torch.cuda.empty_cache()
+
+    from core.ops import linear_recurrence
+
+    ref = [t[:, -tail:].detach().double().requires_grad_() for t in (q, k, v, g)]
+    ref_o, ref_state = linear_recurrence(*ref, output_final_state=True, impl="chunk")
+    ref_grads = torch.autograd.grad((ref_o * w_o.double()).sum() + (ref_state * w_s.double()).sum(), ref)
+    errors = {"o": rel_rms(tail_o, ref_o), "state": rel_rms(state, ref_state)}
+    errors.update({f"d{n}": rel_rms(a, b) for n, a, b in zip("qkvg", tail_grads, ref_grads)})
+    check(Case(T=T, K=D, V=V, B=1, H=H, dtype="bfloat16", gate=gate), errors)

@@ -13,8 +13,8 @@ import importlib.util
 import pytest
 import torch
 
-from tests.kernels.cases import INTERPRETER_CASES, STEP_CASES, Case, compare, rel_rms
-from tests.kernels.helpers import check, run_interpreter
+from tests.kernels.cases import INTERPRETER_CASES, STEP_CASES, Case, compare
+from tests.kernels.helpers import check, check_64bit_offsets, run_interpreter
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs a CUDA device and Triton")
@@ -75,7 +75,7 @@ GPU_CASES = [
     Case(T=300, K=64, V=64, B=2, H=4, dtype=BF16, loss="output", state=False, seed=10),
     Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, via_core=True, seed=11),
     Case(lengths=LENGTHS, K=64, V=64, H=4, dtype=BF16, via_core=True, seed=12),
-    Case(T=200, K=64, V=64, B=2, H=4, dtype=BF16, gate="vector", via_core=True, seed=13),  # falls back to chunk
+    Case(T=200, K=64, V=64, B=2, H=4, dtype=BF16, gate="vector", via_core=True, seed=13),  # the GLA kernels (tests/kernels/test_gla_triton.py)
     Case(T=200, K=64, V=64, B=2, H=4, dtype="float64", via_core=True, seed=14),  # falls back to chunk
     Case(T=200, K=100, V=100, B=2, H=4, dtype="float32", via_core=True, seed=15),  # falls back to chunk
 ]
@@ -133,37 +133,5 @@ def test_gpu_every_autotune_config(index: int, monkeypatch: pytest.MonkeyPatch) 
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_64bit_offsets() -> None:
-    """T = 131072 with H * K large enough that offsets pass 2**31 elements.
-
-    Keys are zero before the last `tail` tokens, so the state there is zero and the tail must equal
-    a separate run of the chunk form on the tail alone; the tail sits at the largest offsets.
-    """
-    from kernels.linear_recurrence import chunk_linear_recurrence
-
-    T, H, D, tail = 131072, 132, 128, 2048
-    assert T * H * D > 2**31
-    free, _ = torch.cuda.mem_get_info()
-    if free < 60 * 2**30:
-        pytest.skip(f"needs about 60 GiB of free GPU memory, {free / 2**30:.0f} GiB free")
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(1, T, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    k[:, :-tail] = 0
-    g = torch.nn.functional.logsigmoid(torch.randn(1, T, H, device="cuda") + 3)
-    leaves = [x.requires_grad_() for x in (q, k, v, g)]
-    o, state = chunk_linear_recurrence(q, k, v, g, output_final_state=True)
-    w_o = torch.randn(1, tail, H, D, device="cuda")
-    w_s = torch.randn_like(state)
-    grads = torch.autograd.grad((o[:, -tail:].float() * w_o).sum() + (state * w_s).sum(), leaves)
-    assert o[:, :-tail].abs().max().item() == 0
-    tail_o, tail_grads = o[:, -tail:], [x[:, -tail:] for x in grads]
-    del o, grads, leaves
-    torch.cuda.empty_cache()
-
-    from core.ops import linear_recurrence
-
-    ref = [x[:, -tail:].detach().double().requires_grad_() for x in (q, k, v, g)]
-    ref_o, ref_state = linear_recurrence(*ref, output_final_state=True, impl="chunk")
-    ref_grads = torch.autograd.grad((ref_o * w_o.double()).sum() + (ref_state * w_s.double()).sum(), ref)
-    errors = {"o": rel_rms(tail_o, ref_o), "state": rel_rms(state, ref_state)}
-    errors.update({f"d{n}": rel_rms(a, b) for n, a, b in zip("qkvg", tail_grads, ref_grads)})
-    check(Case(T=T, K=D, V=D, B=1, H=H, dtype=BF16), errors)
+    """T = 131072 with H * K large enough that offsets pass 2**31 elements (see helpers.check_64bit_offsets)."""
+    check_64bit_offsets("scalar", V=128, min_free_gib=60)

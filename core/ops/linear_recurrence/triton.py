@@ -1,11 +1,13 @@
 """Registers the Triton kernels (`kernels.linear_recurrence`) as implementation "triton" of the op.
 
 Used on CUDA devices when Triton is installed. `kernels` (and so Triton) is imported on first use,
-never when `core` is imported. Inputs the kernels do not take (a decay per key channel, float64,
-head dims above 256) go to the PyTorch chunk form instead, so impl=None never fails for them.
-So do float32 inputs: the kernels take them (exact fp32 dots on CUDA cores), but the backward
-kernel then compiles for many minutes at head dims above 64, while the chunk form runs float32
-matmuls through cuBLAS. bfloat16 and float16 go to the kernels.
+never when `core` is imported. bfloat16 and float16 inputs go to the kernels, with g of shape
+(B, T, H) (one decay per head: Simple GLA, RetNet, Mamba-2, and zeros for no decay) or (B, T, H, K)
+(one per key channel: GLA, through the sub-chunked kernels of kernels/linear_recurrence/vector_decay.py).
+Inputs the kernels do not take (float64, head dims above 256) go to the PyTorch chunk form instead,
+so impl=None never fails for them. So do float32 inputs: the kernels take them (exact fp32 dots on
+CUDA cores), but the backward kernel then compiles for many minutes at head dims above 64, while the
+chunk form runs float32 matmuls through cuBLAS.
 """
 
 import importlib.util

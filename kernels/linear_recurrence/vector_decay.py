@@ -1,0 +1,221 @@
+"""Kernels for a decay per key channel (GLA): the intra-chunk scores, their gradients, dq, dk and dg.
+
+With g of shape (B, T, H, K) the intra-chunk scores A_rj = sum_c q_rc k_jc exp(gamma_rc - gamma_jc)
+(j <= r, gamma the chunk-local cumsum) are not one matmul, and (Q * e^gamma)(K * e^-gamma)^T
+overflows once gamma spans more than ~88 inside a chunk. Secondary chunking (spec section 1): the
+chunk of BT = 64 rows is cut into sub-chunks of BC = 16. For a query row r in sub-chunk I:
+* keys j in earlier sub-chunks: a tensor-core dot of Q_I * exp(gamma_I - gamma_rho) and
+  K_J * exp(gamma_rho - gamma_J), rho the first row of I (both exponents <= 0);
+* keys j in I (the diagonal block): elementwise in fp32, one key per step, a vector reduction over K.
+The gradients use the same split; for the keys' side the reference is the last row lambda of I.
+
+The sub-chunk dots take fp32 operands (tf32 for 16-bit inputs, ieee for float32): a bf16 rounding
+of the decayed operands would add to the outputs' error and, through q * dq - k * dk, to dg's.
+Gates are float32 in log2 units (exp2); every exponent is masked to -inf (or made <= 0) before exp2,
+so nothing overflows for any finite g. The state pass, the output pass and dv are the kernels of
+chunk.py with their per-channel flag (G_PER_K); the launchers are in chunk.py. Layouts as in
+chunk.py; A and the intra-chunk parts of dq and dk are float32 (A is (B, T, H, BT): row r of a chunk
+holds A_r. over the chunk's columns, zero above the diagonal and past the sequence's end).
+"""
+
+import triton
+import triton.language as tl
+
+from kernels.common.chunks import chunk_coords
+from kernels.common.config import all_configs, configs
+
+SUB_CHUNK = 16
+SCORE_CHOICES = all_configs(warps=(4, 2), stages=(2, 3))
+DQKG_CHOICES = all_configs(warps=(4, 8), stages=(2, 3))
+KEY = ["H", "K", "V", "BK", "BV", "IS_VARLEN"]
+
+
+@triton.autotune(configs=configs(SCORE_CHOICES), key=["H", "K", "BK", "IS_VARLEN"])
+@triton.jit(do_not_specialize=["T"])
+def _intra_scores_kernel(
+    q, k, gc, A, cu_seqlens, chunk_indices, T,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """The rows of sub-chunk I = program_id(0) of A: A_rj = sum_c q_rc k_jc exp(gamma_rc - gamma_jc) for j <= r, unscaled."""
+    i_i, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos, T, i_t, _ = chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
+    base = (bos + i_t * BT) * H + i_h  # the chunk's first row (int64); positions below count from it
+    n = T - i_t * BT  # tokens of the sequence from the chunk's start
+    o_r = i_i * BC + tl.arange(0, BC)  # query rows (positions in the chunk)
+    o_c = tl.arange(0, BT)  # key columns
+    m_r, m_c = o_r < n, o_c < n
+    ref = i_i * BC  # rho, the first row of I
+    ref_row = tl.minimum(ref, n - 1)  # where it is loaded from (a sub-chunk past the end stores nothing)
+    earlier = (o_c < ref) & m_c  # keys of earlier sub-chunks
+    b_A = tl.zeros([BC, BT], dtype=tl.float32)
+    for i_k in tl.static_range(0, (K + BK - 1) // BK):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_rk = m_r[:, None] & m_k[None, :]
+        m_kc = m_k[:, None] & m_c[None, :]
+        o_rows = (o_r * H * K)[:, None] + o_k[None, :]  # [BC, BK] (int32 inside the chunk; base is int64)
+        o_cols = (o_c * H * K)[None, :] + o_k[:, None]  # [BK, BT], keys loaded transposed
+        b_q = tl.load(q + base * K + o_rows, mask=m_rk, other=0)
+        b_gq = tl.load(gc + base * K + o_rows, mask=m_rk, other=0)
+        b_kt = tl.load(k + base * K + o_cols, mask=m_kc, other=0)
+        b_gkt = tl.load(gc + base * K + o_cols, mask=m_kc, other=0)
+        b_gref = tl.load(gc + base * K + ref_row * H * K + o_k, mask=m_k, other=0)  # [BK]
+        b_qg = b_q * tl.exp2(tl.where(m_r[:, None], b_gq - b_gref[None, :], 0))
+        b_kg = b_kt * tl.exp2(tl.where(earlier[None, :], b_gref[:, None] - b_gkt, float("-inf")))
+        b_A += tl.dot(b_qg, b_kg, input_precision=DOT_PREC)  # fp32 operands: tf32 for 16-bit inputs
+        # the diagonal block in fp32: one key column c of I per step
+        b_qf = b_q.to(tl.float32)
+        for j in range(0, BC):
+            c = ref + j
+            b_kc = tl.load(k + base * K + c * H * K + o_k, mask=m_k & (c < n), other=0).to(tl.float32)
+            b_gc = tl.load(gc + base * K + c * H * K + o_k, mask=m_k & (c < n), other=0)
+            causal = (o_r >= c) & m_r
+            b_decay = tl.exp2(tl.where(causal[:, None], b_gq - b_gc[None, :], float("-inf")))
+            b_a = tl.sum(b_qf * b_kc[None, :] * b_decay, axis=1)  # [BC]
+            b_A += tl.where(o_c[None, :] == c, b_a[:, None], 0)
+    tl.store(A + base * BT + (o_r * H * BT)[:, None] + o_c[None, :], b_A, mask=m_r[:, None])
+
+
+@triton.autotune(configs=configs(SCORE_CHOICES), key=KEY)
+@triton.jit(do_not_specialize=["T"])
+def _intra_grad_kernel(
+    q, k, v, gc, do, dq, dk, cu_seqlens, chunk_indices, T, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """Intra-chunk parts (fp32) of dq for the rows of sub-chunk I as queries, and of dk for them as keys:
+    dq_r = sum_{j <= r} dA_rj k_j exp(gamma_r - gamma_j), dk_j = sum_{r >= j} dA_rj q_r exp(gamma_r - gamma_j),
+    with dA = scale dO V^T. The score gradients of I's rows, dA[I, :] = dO_I V^T and dA^T[I, :] = V_I dO^T,
+    are two dots (never a transposed dot result: see chunk._bwd_dv_kernel)."""
+    i_ki, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_k, i_i = i_ki // (BT // BC), i_ki % (BT // BC)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos, T, i_t, _ = chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
+    base = (bos + i_t * BT) * H + i_h
+    n = T - i_t * BT
+    o_r = i_i * BC + tl.arange(0, BC)  # rows of I
+    o_c = tl.arange(0, BT)  # every row of the chunk
+    m_r, m_c = o_r < n, o_c < n
+    ref = i_i * BC  # rho, I's first row: reference of the queries' side
+    last = tl.minimum(ref + BC, n) - 1  # lambda, I's last row: reference of the keys' side
+
+    b_dA = tl.zeros([BC, BT], dtype=tl.float32)  # b_dA[r, j] = do_r . v_j, r in I
+    b_dAt = tl.zeros([BC, BT], dtype=tl.float32)  # b_dAt[j, r] = v_j . do_r, j in I
+    for i_v in tl.static_range(0, (V + BV - 1) // BV):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        o_rows = (o_r * H * V)[:, None] + o_v[None, :]  # [BC, BV]
+        o_cols = (o_c * H * V)[None, :] + o_v[:, None]  # [BV, BT]
+        m_rv = m_r[:, None] & m_v[None, :]
+        m_vc = m_v[:, None] & m_c[None, :]
+        b_do = tl.load(do + base * V + o_rows, mask=m_rv, other=0)
+        b_v = tl.load(v + base * V + o_rows, mask=m_rv, other=0)
+        b_vt = tl.load(v + base * V + o_cols, mask=m_vc, other=0)
+        b_dot = tl.load(do + base * V + o_cols, mask=m_vc, other=0)
+        b_dA += tl.dot(b_do, b_vt, input_precision=DOT_PREC)
+        b_dAt += tl.dot(b_v, b_dot, input_precision=DOT_PREC)
+    b_dA *= scale
+    b_dAt *= scale
+
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    m_rk = m_r[:, None] & m_k[None, :]
+    m_ck = m_c[:, None] & m_k[None, :]
+    o_rows = (o_r * H * K)[:, None] + o_k[None, :]  # [BC, BK]
+    o_all = (o_c * H * K)[:, None] + o_k[None, :]  # [BT, BK]
+    b_g = tl.load(gc + base * K + o_rows, mask=m_rk, other=0)
+    b_gref = tl.load(gc + base * K + tl.minimum(ref, n - 1) * H * K + o_k, mask=m_k, other=0)  # a sub-chunk past the end stores nothing
+    b_glast = tl.load(gc + base * K + last * H * K + o_k, mask=m_k, other=0)
+    b_qa = tl.load(q + base * K + o_all, mask=m_ck, other=0)
+    b_ka = tl.load(k + base * K + o_all, mask=m_ck, other=0)
+    b_ga = tl.load(gc + base * K + o_all, mask=m_ck, other=0)
+
+    # off-diagonal blocks: keys of earlier sub-chunks (for dq), queries of later ones (for dk)
+    earlier = (o_c < ref) & m_c
+    later = (o_c > last) & m_c
+    b_kg = b_ka * tl.exp2(tl.where(earlier[:, None], b_gref[None, :] - b_ga, float("-inf")))
+    b_qg = b_qa * tl.exp2(tl.where(later[:, None], b_ga - b_glast[None, :], float("-inf")))
+    b_dq = tl.dot(b_dA, b_kg, input_precision=DOT_PREC)  # fp32 operands: tf32 for 16-bit inputs
+    b_dk = tl.dot(b_dAt, b_qg, input_precision=DOT_PREC)
+    b_dq *= tl.exp2(tl.where(m_r[:, None], b_g - b_gref[None, :], 0))
+    b_dk *= tl.exp2(tl.where(m_r[:, None], b_glast[None, :] - b_g, 0))
+
+    # the diagonal block in fp32, one row c of I per step: as a key for dq, as a query for dk
+    for j in range(0, BC):
+        c = ref + j
+        m_1 = m_k & (c < n)
+        b_kc = tl.load(k + base * K + c * H * K + o_k, mask=m_1, other=0).to(tl.float32)
+        b_qc = tl.load(q + base * K + c * H * K + o_k, mask=m_1, other=0).to(tl.float32)
+        b_gc = tl.load(gc + base * K + c * H * K + o_k, mask=m_1, other=0)
+        b_dA_c = tl.sum(tl.where(o_c[None, :] == c, b_dA, 0), axis=1)  # [BC]: dA[r, c]
+        b_dAt_c = tl.sum(tl.where(o_c[None, :] == c, b_dAt, 0), axis=1)  # [BC]: dA[c, j]
+        after = (o_r >= c) & m_r  # queries r >= c of I
+        before = (o_r <= c) & (c < n)  # keys j <= c of I
+        b_dq += b_dA_c[:, None] * b_kc[None, :] * tl.exp2(tl.where(after[:, None], b_g - b_gc[None, :], float("-inf")))
+        b_dk += b_dAt_c[:, None] * b_qc[None, :] * tl.exp2(tl.where(before[:, None], b_gc[None, :] - b_g, float("-inf")))
+    tl.store(dq + base * K + o_rows, b_dq, mask=m_rk)
+    tl.store(dk + base * K + o_rows, b_dk, mask=m_rk)
+
+
+@triton.autotune(configs=configs(DQKG_CHOICES), key=KEY)
+@triton.jit(do_not_specialize=["T"])
+def _dqkg_kernel(
+    q, k, v, gc, h, do, dh, dq_intra, dk_intra, dq, dk, dg, cu_seqlens, chunk_indices, T, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """dQ = scale e^gamma * (dO h[c]^T) + dq_intra, dK = e^{gamma_C - gamma} * (V dh[c]^T) + dk_intra, and
+    dg per chunk in fp32: d(loss)/d(gamma) = q * dq - k * dk, plus at the chunk's last row the decay of
+    h[c] (e^{gamma_C} sum_v h * dh) and of every write (sum_j k_j * dk_j^state), reverse-summed inside the chunk."""
+    i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos, T, i_t, i_c = chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
+    o_t = i_t * BT + tl.arange(0, BT)
+    m_t = o_t < T
+    base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    p_h = h + (i_c * H + i_h) * K * V
+    p_dh = dh + (i_c * H + i_h) * K * V
+
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    b_hdh = tl.zeros([BK], dtype=tl.float32)
+    for i_v in tl.static_range(0, (V + BV - 1) // BV):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_tv = m_t[:, None] & (o_v[None, :] < V)
+        m_vk = (o_v[:, None] < V) & m_k[None, :]
+        b_do = tl.load(do + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0)  # [BT, BV]
+        b_v = tl.load(v + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0)  # [BT, BV]
+        b_ht = tl.load(p_h + o_k[None, :] * V + o_v[:, None], mask=m_vk, other=0)  # [BV, BK]
+        b_dht = tl.load(p_dh + o_k[None, :] * V + o_v[:, None], mask=m_vk, other=0)  # [BV, BK]
+        b_dq += tl.dot(b_do, b_ht, input_precision=DOT_PREC)
+        b_dk += tl.dot(b_v, b_dht, input_precision=DOT_PREC)
+        b_hdh += tl.sum(b_ht.to(tl.float32) * b_dht.to(tl.float32), axis=0)
+
+    last = tl.minimum(i_t * BT + BT, T) - 1
+    o_tk = r[:, None] * K + o_k[None, :]  # [BT, BK]
+    b_g = tl.load(gc + base * K + o_tk, mask=m_tk, other=0)
+    b_glast = tl.load(gc + (bos + last) * H * K + i_h * K + o_k, mask=m_k, other=0)
+    b_dq *= tl.exp2(b_g) * scale
+    b_dk *= tl.exp2(b_glast[None, :] - b_g)  # rows past the end: gamma 0, exponent gamma_C <= 0
+    b_q = tl.load(q + base * K + o_tk, mask=m_tk, other=0).to(tl.float32)
+    b_k = tl.load(k + base * K + o_tk, mask=m_tk, other=0).to(tl.float32)
+    b_dg_last = b_hdh * tl.exp2(b_glast) + tl.sum(b_k * b_dk, axis=0)  # [BK]
+    b_dq += tl.load(dq_intra + base * K + o_tk, mask=m_tk, other=0)
+    b_dk += tl.load(dk_intra + base * K + o_tk, mask=m_tk, other=0)
+    b_dg = b_q * b_dq - b_k * b_dk + tl.where(o_t[:, None] == last, b_dg_last[None, :], 0)
+    b_dg = tl.cumsum(b_dg, axis=0, reverse=True)  # gamma is a chunk-local cumsum of g
+    tl.store(dq + base * K + o_tk, b_dq.to(dq.dtype.element_ty), mask=m_tk)
+    tl.store(dk + base * K + o_tk, b_dk.to(dk.dtype.element_ty), mask=m_tk)
+    tl.store(dg + base * K + o_tk, b_dg, mask=m_tk)
+
+
+AUTOTUNED = {  # every autotuned kernel of this file with all its config choices (the GPU tests try each one)
+    _intra_scores_kernel: SCORE_CHOICES,
+    _intra_grad_kernel: SCORE_CHOICES,
+    _dqkg_kernel: DQKG_CHOICES,
+}
