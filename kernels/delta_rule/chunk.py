@@ -163,7 +163,7 @@ def _wy_fwd_kernel(
             b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)  # [BT, BK]
             b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)  # [BK, BT]
             b_A += tl.dot(b_k, b_kt, input_precision=DOT_PREC)
-        strict = o_c[:, None] > o_c[None, :]
+        strict = (o_c[:, None] > o_c[None, :]) & m_t[:, None] & m_t[None, :]  # padded rows have gamma 0
         if USE_G:
             b_A *= tl.exp2(tl.where(strict, b_g[:, None] - b_g[None, :], float("-inf")))
         b_A = tl.where(strict, b_A * b_beta[:, None], 0)
@@ -253,7 +253,7 @@ def _wy_bwd_kernel(
     # dA = -T^T (dT T^T), then through A = strict_lower(beta_r (k_r . k_j) Gamma_rj)
     b_dA = tl.dot(b_dT, b_Tt, input_precision=DOT_PREC)
     b_dA = -tl.dot(b_Tt, b_dA, input_precision=DOT_PREC)
-    strict = o_c[:, None] > o_c[None, :]
+    strict = (o_c[:, None] > o_c[None, :]) & m_t[:, None] & m_t[None, :]  # padded rows have gamma 0
     b_kk = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in tl.static_range(0, (K + BK - 1) // BK):
         o_k = i_k * BK + tl.arange(0, BK)

@@ -169,7 +169,7 @@ def _fwd_o_kernel(
             b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)  # [BK, BT]
             b_o += tl.dot(b_q, b_h, input_precision=DOT_PREC)
             b_A += tl.dot(b_q, b_kt, input_precision=DOT_PREC)
-    causal = o_t[:, None] >= o_t[None, :]
+    causal = (o_t[:, None] >= o_t[None, :]) & m_t[:, None] & m_t[None, :]  # padded rows masked too: their gamma is 0
     if G_PER_K:
         b_A = tl.load(A + base * BT + (r[:, None] * BT + tl.arange(0, BT)[None, :]), mask=m_t[:, None], other=0)
     elif USE_G:
@@ -223,7 +223,7 @@ def _bwd_dv_kernel(
         if not G_PER_K:
             b_qt = tl.load(q + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)  # [BK, BT]
             b_At += tl.dot(b_k, b_qt, input_precision=DOT_PREC)
-    anticausal = o_t[:, None] <= o_t[None, :]  # j <= r
+    anticausal = (o_t[:, None] <= o_t[None, :]) & m_t[:, None] & m_t[None, :]  # j <= r
     if G_PER_K:  # b_At[j, r] = A[r, j]
         b_At = tl.load(A + base * BT + (r[None, :] * BT + tl.arange(0, BT)[:, None]), mask=m_t[None, :], other=0)
     elif USE_G:
@@ -279,8 +279,8 @@ def _bwd_dqk_kernel(
         b_vt = tl.load(v + base * V + (r[None, :] * V + o_v[:, None]), mask=m_vt, other=0)  # [BV, BT]
         b_dA += tl.dot(b_do, b_vt, input_precision=DOT_PREC)
         b_dAt += tl.dot(b_v, b_dot, input_precision=DOT_PREC)
-    causal = o_t[:, None] >= o_t[None, :]
-    anticausal = o_t[:, None] <= o_t[None, :]
+    causal = (o_t[:, None] >= o_t[None, :]) & m_t[:, None] & m_t[None, :]  # padded rows masked too: their gamma is 0
+    anticausal = (o_t[:, None] <= o_t[None, :]) & m_t[:, None] & m_t[None, :]
     if USE_G:
         last = tl.minimum(i_t * BT + BT, T) - 1
         b_g_last = tl.load(gc + (bos + last) * H + i_h)

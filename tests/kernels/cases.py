@@ -82,6 +82,7 @@ def make_inputs(case: Case, device: str) -> dict[str, torch.Tensor | None]:
     gates = {
         "none": None,
         "scalar": F.logsigmoid(x_scalar + 3),
+        "scalar_strong": -5 * torch.sigmoid(x_scalar + 2),  # one per head, down to -5 (Mamba-2 with a large dt)
         "vector": F.logsigmoid(x_vector + 3),
         "gla": F.logsigmoid(x_vector) / 16,  # GLA's gate with its normaliser 16
         "strong": -5 * torch.sigmoid(x_vector + 2),  # down to -5: gamma falls by ~280 over a chunk, ~70 over a sub-chunk
@@ -179,6 +180,9 @@ INTERPRETER_CASES = [
     Case(T=70, K=24, V=40, loss="output", state=False, seed=6),
     Case(T=40, K=16, V=24, dtype="float16", via_core=True, seed=7),  # float32 would go to the chunk form
     Case(T=40, K=16, V=24, gate="vector", via_core=True, seed=8),  # float32: core runs the chunk form
+    # gamma falls by ~280 over a chunk: the padded rows of the last chunk (gamma 0) must stay masked in every
+    # exponent, or exp2(0 - gamma) overflows and 0 * inf puts NaN into dk, dv, dg (seen in Mamba-2 training)
+    Case(T=49, K=32, V=64, B=1, H=2, gate="scalar_strong", seed=9),
 ]
 
 
@@ -210,6 +214,7 @@ DELTA_INTERPRETER_CASES = [
     Case(T=0, K=24, V=40, lengths=(5, 70, 0, 1, 30), op=DELTA, seed=4),
     Case(T=70, K=24, V=40, loss="state", op=DELTA, seed=5),
     Case(T=40, K=16, V=24, dtype="float16", via_core=True, op=DELTA, seed=7),
+    Case(T=49, K=32, V=64, B=1, H=2, gate="scalar_strong", op=DELTA, seed=8),  # padded rows with strong gates
 ]
 CASES = {"linear_recurrence": INTERPRETER_CASES, DELTA: DELTA_INTERPRETER_CASES, GLA: GLA_INTERPRETER_CASES}
 

@@ -63,6 +63,7 @@ SWEEP = [
 LENGTHS = (1, 63, 1, 935, 0, 1345, 64, 1687)  # an empty sequence, single tokens, exact chunks
 GPU_CASES = [
     Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, gate="none", op=DELTA, seed=1),  # DeltaNet
+    Case(T=100, K=128, V=64, B=4, H=4, dtype=BF16, gate="scalar_strong", op=DELTA, seed=13),  # padded rows, strong gates
     Case(T=4096, K=128, V=128, B=2, H=4, dtype=BF16, gate="none", state=False, op=DELTA, seed=2),
     Case(T=1000, K=128, V=128, B=2, H=4, dtype="float16", op=DELTA, seed=4),
     Case(T=1000, K=256, V=256, B=1, H=2, dtype=BF16, op=DELTA, seed=5),  # the largest head dim

@@ -65,6 +65,7 @@ LENGTHS = (1, 63, 1, 935, 0, 1345, 64, 1687)  # an empty sequence, single tokens
 # with Triton 3.6 on an H100, and core sends float32 inputs to the chunk form anyway.
 GPU_CASES = [
     Case(T=65, K=128, V=128, B=2, H=4, dtype=BF16, gate="none", state=False),
+    Case(T=100, K=128, V=64, B=4, H=4, dtype=BF16, gate="scalar_strong", seed=16),  # the speech app's Mamba-2 shape
     Case(T=4096, K=128, V=128, B=2, H=4, dtype=BF16, gate="none", state=False, seed=1),
     Case(T=1000, K=64, V=64, B=2, H=4, dtype="float32", seed=2),
     Case(T=1000, K=128, V=128, B=2, H=4, dtype="float16", seed=4),
