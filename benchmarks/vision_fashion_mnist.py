@@ -116,20 +116,22 @@ def main() -> None:
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     # the models share the machine's cores: a few CPU threads each (their work is on the GPU)
-    run_parallel({model: command(model, args.runs_dir, args.max_time, args.overrides) for model in args.models},
-                 args.runs_dir, args.parallel, threads=3)
-    rows = [row(args.runs_dir, model) for model in args.models]
-    text = markdown(rows)
+    failed = run_parallel({model: command(model, args.runs_dir, args.max_time, args.overrides) for model in args.models},
+                          args.runs_dir, args.parallel, threads=3, keep_going=True)
+    rows = [row(args.runs_dir, model) for model in args.models if model not in failed]
+    text = markdown(rows) + "".join(f"\n{MODELS[m]}: failed, see {args.runs_dir / (m + '.log')}" for m in failed)
     print(text)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
     info = {"benchmark": "Fashion-MNIST test accuracy, experiment=fashion_mnist (one recipe for every model)",
             "device": device, "date": datetime.date.today().isoformat(), "versions": versions(),
-            "overrides": args.overrides, "max_time": args.max_time, "parallel": args.parallel,
+            "overrides": args.overrides, "max_time": args.max_time, "parallel": args.parallel, "failed": failed,
             "wall_seconds": round(time.perf_counter() - started), "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(info, indent=2) + "\n")
     header = f"{info['benchmark']}; {device}; torch {info['versions']['torch']}; {info['date']}; {args.parallel} models at once, {info['wall_seconds']} s wall"
     (RESULTS / f"{args.out}.md").write_text(f"{header}\n\n{text}\n")
+    if failed:
+        raise SystemExit(f"failed runs: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -347,8 +347,10 @@ AUTOTUNED = {  # every autotuned kernel with all its config choices (the GPU tes
 
 
 def _block(dim: int, cap: int) -> int:
-    """Tile width for a head dimension: the next power of two (at least 16, the smallest dot), at most `cap`."""
-    return min(max(triton.next_power_of_2(dim), 16), cap)
+    """Tile width for a head dimension: the next power of two, at least 64, at most `cap`. Head dims below 64
+    run in masked 64-wide tiles: with 32-wide K tiles the backward kernels made illegal memory accesses on the
+    H100 (Triton 3.6; K = 32, the Vision Mamba shape), in the interpreter they were correct."""
+    return min(max(triton.next_power_of_2(dim), 64), cap)
 
 
 def _common(q: Tensor, v: Tensor, layout: ChunkLayout) -> dict:

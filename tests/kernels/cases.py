@@ -178,7 +178,7 @@ INTERPRETER_CASES = [
     Case(T=0, K=24, V=40, lengths=(5, 70, 0, 1, 30), seed=4),  # an empty sequence keeps its state
     Case(T=70, K=24, V=40, loss="state", seed=5),
     Case(T=70, K=24, V=40, loss="output", state=False, seed=6),
-    Case(T=40, K=16, V=24, dtype="float16", via_core=True, seed=7),  # float32 would go to the chunk form
+    Case(T=40, K=64, V=64, B=1, H=1, dtype="float16", via_core=True, seed=7),  # float32 and head dims < 64 go to the chunk form
     Case(T=40, K=16, V=24, gate="vector", via_core=True, seed=8),  # float32: core runs the chunk form
     # gamma falls by ~280 over a chunk: the padded rows of the last chunk (gamma 0) must stay masked in every
     # exponent, or exp2(0 - gamma) overflows and 0 * inf puts NaN into dk, dv, dg (seen in Mamba-2 training)
@@ -199,7 +199,7 @@ GLA_INTERPRETER_CASES = [
     Case(T=0, K=16, V=24, H=1, gate="vector", lengths=(5, 70, 0, 1, 30), seed=6),  # an empty sequence keeps its state
     Case(T=70, K=16, V=16, B=1, gate="vector", loss="state", seed=7),
     Case(T=65, K=16, V=16, B=1, gate="gla", loss="output", state=False, seed=8),
-    Case(T=40, K=16, V=24, B=1, dtype="float16", gate="gla", via_core=True, seed=9),
+    Case(T=40, K=64, V=64, B=1, H=1, dtype="float16", gate="gla", via_core=True, seed=9),
 ]
 
 
@@ -213,7 +213,7 @@ DELTA_INTERPRETER_CASES = [
     Case(T=64, K=32, V=32, dtype="float16", op=DELTA, seed=3),
     Case(T=0, K=24, V=40, lengths=(5, 70, 0, 1, 30), op=DELTA, seed=4),
     Case(T=70, K=24, V=40, loss="state", op=DELTA, seed=5),
-    Case(T=40, K=16, V=24, dtype="float16", via_core=True, op=DELTA, seed=7),
+    Case(T=40, K=64, V=64, B=1, H=1, dtype="float16", via_core=True, op=DELTA, seed=7),
     Case(T=49, K=32, V=64, B=1, H=2, gate="scalar_strong", op=DELTA, seed=8),  # padded rows with strong gates
 ]
 CASES = {"linear_recurrence": INTERPRETER_CASES, DELTA: DELTA_INTERPRETER_CASES, GLA: GLA_INTERPRETER_CASES}
