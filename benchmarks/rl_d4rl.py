@@ -72,6 +72,8 @@ def training_rows(runs_dir: Path, datasets: list[str], models: list[str], seeds:
         for model in models:
             for seed in seeds:
                 run_dir = runs_dir / dataset / model / f"seed{seed}"
+                if not (run_dir / "metrics.json").is_file():  # a failed run (listed in the results as such)
+                    continue
                 record = json.loads((run_dir / "metrics.json").read_text())
                 metrics = record["metrics"]
                 # no evaluations.csv: --train-time ran out before the first validation (the test used the last weights)
@@ -105,7 +107,10 @@ def latency_dir(runs_dir: Path, label: str) -> Path:
 def latency_rows(runs_dir: Path, labels: list[str]) -> list[dict]:
     rows = []
     for label in labels:
-        metrics = json.loads((latency_dir(runs_dir, label) / "metrics.json").read_text())["metrics"]
+        path = latency_dir(runs_dir, label) / "metrics.json"
+        if not path.is_file():  # a failed rollout
+            continue
+        metrics = json.loads(path.read_text())["metrics"]
         rows.append({"policy": label, "ms_per_step": metrics["test/ms_per_step"], "score": metrics["test/score"]})
     return rows
 
@@ -132,7 +137,7 @@ def main() -> None:
             for seed in args.seeds:
                 run_dir = args.runs_dir / dataset / model / f"seed{seed}"
                 jobs[f"{dataset}_{model}_seed{seed}"] = train_command(dataset, model, seed, run_dir, args)
-    run_parallel(jobs, args.runs_dir, args.parallel, threads=1)
+    failed = run_parallel(jobs, args.runs_dir, args.parallel, threads=1, keep_going=True)  # one failure loses no other run
     trained_seconds = time.perf_counter() - started
     rows = training_rows(args.runs_dir, args.datasets, args.models, args.seeds)
 
@@ -142,11 +147,13 @@ def main() -> None:
     for label in latency_labels:
         model, inference = LATENCY[label]
         checkpoint = args.runs_dir / latency_dataset / model / f"seed{latency_seed}"
+        if not (checkpoint / "metrics.json").is_file():  # its training failed
+            continue
         out_dir = latency_dir(args.runs_dir, label)
         latency_jobs[f"latency_{model}_{inference}"] = [
             sys.executable, "-m", "apps.rl", "rollout", f"ckpt_path={checkpoint}", f"task.inference={inference}",
             f"paths.runs={args.runs_dir}", f"hydra.run.dir={out_dir}", *accelerator]
-    run_parallel(latency_jobs, args.runs_dir, max(len(latency_jobs), 1), threads=1)
+    failed += run_parallel(latency_jobs, args.runs_dir, max(len(latency_jobs), 1), threads=1, keep_going=True)
     latency = latency_rows(args.runs_dir, latency_labels)
 
     text = "\n\n".join([
@@ -168,11 +175,14 @@ def main() -> None:
             "device": device, "cpu_count": os.cpu_count(), "date": datetime.date.today().isoformat(), "versions": versions,
             "budget": BUDGET + [f"trainer.max_time={args.train_time}s", f"parallel={args.parallel}"], "datasets": DATASETS,
             "overrides": args.overrides, "wall_seconds": round(time.perf_counter() - started), "runs": rows.to_dict("records"),
-            "latency": latency}
+            "latency": latency, "failed": failed}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(info, indent=1, default=float) + "\n")
     header = f"{info['benchmark']}; {device}; " + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; {info['date']}"
-    (RESULTS / f"{args.out}.md").write_text(f"{header}\n\n{text}\n")
+    failures = "".join(f"\n{name}: failed, see {args.runs_dir / (name + '.log')}" for name in failed)
+    (RESULTS / f"{args.out}.md").write_text(f"{header}\n\n{text}\n{failures}")
+    if failed:
+        raise SystemExit(f"failed runs: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -76,15 +76,16 @@ def espeak_test_command(model: str, runs_dir: Path, overrides: list[str]) -> lis
 
 
 def record_of(run_name: str, runs_dir: Path) -> dict:
-    (path,) = (runs_dir / "speech" / f"separation_{run_name}").rglob("metrics.json")
-    return json.loads(path.read_text())
+    """metrics.json of the run; {"metrics": {}} where the run failed."""
+    paths = list((runs_dir / "speech" / f"separation_{run_name}").rglob("metrics.json"))
+    return json.loads(paths[0].read_text()) if paths else {"metrics": {}}
 
 
 def row(model: str, runs_dir: Path, overrides: list[str]) -> dict:
     record, espeak = record_of(model, runs_dir), record_of(f"{model}_espeak", runs_dir)
     parameters = count_parameters(build_model(compose_config([*MODELS[model], *overrides])))
     return {"model": model, "parameters": parameters, "steps": record["steps"], "run_seconds": record["seconds"],
-            **{key: record["metrics"][key] for key in METRICS}, "espeak/si_snri": espeak["metrics"]["test/si_snri"],
+            **{key: record["metrics"][key] for key in METRICS}, "espeak/si_snri": espeak["metrics"].get("test/si_snri", float("nan")),
             "run_dir": record["run_dir"]}  # fmt: skip
 
 
@@ -122,10 +123,12 @@ def main() -> None:
     synthesis_seconds = time.perf_counter() - started
     print(f"speech cache ready in {synthesis_seconds:.0f} s", flush=True)
     threads = max(1, cores // args.parallel)
-    run_parallel({model: command(model, args.runs_dir, overrides) for model in args.models}, args.runs_dir, args.parallel, threads=threads)
-    run_parallel({f"{model}_espeak": espeak_test_command(model, args.runs_dir, overrides) for model in args.models},
-                 args.runs_dir, args.parallel, threads=threads)
-    rows = [row(model, args.runs_dir, overrides) for model in args.models]
+    jobs = {model: command(model, args.runs_dir, overrides) for model in args.models}
+    failed = run_parallel(jobs, args.runs_dir, args.parallel, threads=threads, keep_going=True)  # one failure loses no other model
+    trained = [model for model in args.models if model not in failed]
+    failed += run_parallel({f"{model}_espeak": espeak_test_command(model, args.runs_dir, overrides) for model in trained},
+                           args.runs_dir, args.parallel, threads=threads, keep_going=True)
+    rows = [row(model, args.runs_dir, overrides) for model in trained]
     text = markdown(rows)
     print(text)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
@@ -134,12 +137,15 @@ def main() -> None:
         "tested on the 20 mixtures of 5 real LibriVox recordings (one reader) and on 64 mixtures of 8 held-out espeak-ng voices",
         "device": device, "cpu_cores": cores, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
         "torchaudio": torchaudio.__version__, "lightning": lightning.__version__, "overrides": overrides,
-        "synthesis_seconds": round(synthesis_seconds), "wall_seconds": round(time.perf_counter() - started), "rows": rows,
+        "synthesis_seconds": round(synthesis_seconds), "wall_seconds": round(time.perf_counter() - started), "rows": rows, "failed": failed,
     }  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(info, indent=2, default=float) + "\n")
     header = f"{info['benchmark']}; {device}; torch {torch.__version__}; {info['date']}; wall {info['wall_seconds']} s\n\n"
-    (RESULTS / f"{args.out}.md").write_text(header + text + "\n")
+    failures = "".join(f"\n{name}: failed, see {args.runs_dir / (name + '.log')}" for name in failed)
+    (RESULTS / f"{args.out}.md").write_text(header + text + "\n" + failures)
+    if failed:
+        raise SystemExit(f"failed runs: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
