@@ -5,11 +5,11 @@
 
 Ops: lr_none (linear recurrence, no decay), lr_scalar (one decay per token and head, [B, T, H]),
 gla (one decay per key channel, [B, T, H, K]), delta (DeltaNet), gated_delta (Gated DeltaNet),
-attention (causal softmax attention, SDPA's FlashAttention backend: the softmax baseline at the same
-B, T, H, D) and decode (one token at B = 1, H = 16, D = 128 through kernels.common.step.recurrent_step,
+attention (causal softmax attention through SDPA: the softmax baseline at the same B, T, H, D) and decode (one token at B = 1, H = 16, D = 128 through kernels.common.step.recurrent_step,
 launched plainly and replayed from a CUDA graph, in microseconds).
 Impls: ours (kernels.linear_recurrence / kernels.delta_rule), fla (fla-core 0.6.0: chunk_linear_attn,
-chunk_simple_gla, chunk_gla, chunk_delta_rule, chunk_gated_delta_rule), sdpa (attention only) and,
+chunk_simple_gla, chunk_gla, chunk_delta_rule, chunk_gated_delta_rule), sdpa (attention only: PyTorch's
+own backend choice, cuDNN on an H100), sdpa_flash (attention only: FlashAttention-2 forced) and,
 with --torch-chunk, our PyTorch chunk form in bf16 (slow).
 Shapes: named B{B}_T{T}_H{H}_D{D} (K = V = D) or by set: 32k (16x2048, 8x4096, 2x16384 at H = 16,
 D = 128: 32K tokens per batch), fla (fla's own benchmark shapes), quick (B8_T4096_H16_D128).
@@ -31,7 +31,9 @@ measurement ran past --max-seconds-per-impl, or the run past --max-seconds: an a
 Python code, and the first backward runs on the calling thread so that autotuning inside it can be
 interrupted too), 'not run' (the global budget was spent before it started), 'out of memory', 'error'.
 Our kernels, SDPA and the torch chunk form run first on every shape; fla runs last (its first backward
-may autotune for minutes). The JSON and markdown are rewritten after every measurement, so a killed
+may autotune for minutes: in session 3 each fla op needed more than 60 s before its first forward or
+backward returned). To pay autotuning once across machines, set TRITON_CACHE_AUTOTUNING=1 and a
+TRITON_CACHE_DIR that is kept (copied back from the run and carried into the next one). The JSON and markdown are rewritten after every measurement, so a killed
 run keeps what it measured; --resume JSON continues such a run, keeping its finished rows.
 Output: DIR/kernels_<device>_<date>.{json,md} (default DIR benchmarks/results), with the device,
 torch / triton / CUDA / fla versions and the date. Needs a CUDA GPU; on a machine without one it
