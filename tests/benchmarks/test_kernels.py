@@ -1,4 +1,4 @@
-"""benchmarks/kernels.py on CPU: shape parsing, the roofline model, the table, the time budget, and the run's
+"""benchmarks/kernels on CPU: shape parsing, the roofline model, the table, the time budget, and the run's
 control flow (JSON and markdown rewritten per row, --resume) with the CUDA calls faked and only the
 PyTorch impls (chunk form, SDPA) on a tiny shape; it refuses to run without CUDA."""
 import json
@@ -8,8 +8,11 @@ import pytest
 import torch
 import triton.testing
 
-import benchmarks.kernels as bk
-from benchmarks.kernels import Shape, parse_shape, parse_shapes, roofline_model
+from benchmarks.kernels import budget, impls, report, roofline, run
+from benchmarks.kernels import shapes as shape_names
+from benchmarks.kernels import measure as measuring
+from benchmarks.kernels.roofline import roofline_model
+from benchmarks.kernels.shapes import Shape, parse_shape, parse_shapes
 
 
 def test_shapes_parse_by_name_and_by_set():
@@ -18,25 +21,25 @@ def test_shapes_parse_by_name_and_by_set():
     assert [s.name for s in parse_shapes(["32k"])] == ["B16_T2048_H16_D128", "B8_T4096_H16_D128", "B2_T16384_H16_D128"]
     assert all(s.tokens == 32768 for s in parse_shapes(["32k"]))
     shapes = parse_shapes(["32k,fla", "B8_T4096_H16_D128"])  # repeats dropped, order kept
-    assert [s.name for s in shapes] == [*bk.SHAPE_SETS["32k"], *bk.SHAPE_SETS["fla"]]
+    assert [s.name for s in shapes] == [*shape_names.SHAPE_SETS["32k"], *shape_names.SHAPE_SETS["fla"]]
     for bad in ("8,4096,16,128", "B8_T4096_H16", "B0_T1_H1_D1", "huge"):
         with pytest.raises(ValueError):
             parse_shape(bad)
 
 
 def test_arguments():
-    args = bk.parse_args(["--quick"])
-    assert [s.name for s in args.shapes] == ["B8_T4096_H16_D128"] and args.ops == list(bk.OPS)
+    args = run.parse_args(["--quick"])
+    assert [s.name for s in args.shapes] == ["B8_T4096_H16_D128"] and args.ops == list(shape_names.OPS)
     assert args.impls == ["ours", "sdpa", "sdpa_flash", "fla"]
-    args = bk.parse_args(["--ops", "gla,delta", "--impls", "fla", "ours", "--torch-chunk", "--shapes", "fla"])
+    args = run.parse_args(["--ops", "gla,delta", "--impls", "fla", "ours", "--torch-chunk", "--shapes", "fla"])
     assert args.ops == ["gla", "delta"] and args.impls == ["ours", "torch_chunk", "fla"] and len(args.shapes) == 3
     for bad in (["--ops", "mamba"], ["--impls", "cuda"], ["--shapes", "B1"]):
         with pytest.raises(SystemExit):
-            bk.parse_args(bad)
+            run.parse_args(bad)
 
 
 def test_plan_runs_fla_last_and_sdpa_only_on_attention():
-    todo = bk.plan(["lr_scalar", "attention", "decode"], parse_shapes(["B1_T64_H1_D16", "B2_T64_H1_D16"]), ["ours", "sdpa", "fla"])
+    todo = run.plan(["lr_scalar", "attention", "decode"], parse_shapes(["B1_T64_H1_D16", "B2_T64_H1_D16"]), ["ours", "sdpa", "fla"])
     assert [(op, s.B, i) for op, s, i in todo] == [
         ("lr_scalar", 1, "ours"), ("attention", 1, "sdpa"), ("lr_scalar", 2, "ours"), ("attention", 2, "sdpa"),
         ("lr_scalar", 1, "fla"), ("lr_scalar", 2, "fla"),
@@ -77,38 +80,38 @@ def test_ragged_length_counts_a_partial_chunk_as_a_chunk():
 def test_achieved_rates_and_roofline_fraction():
     model = {"fwd_bytes": 3e9, "fwd_flops": 1e12}
     ceilings = {"copy_bytes_per_s": 3e12, "bf16_matmul_flops_per_s": 5e14}
-    out = bk.achieved(model, "fwd", 2.0, Shape(2, 1000, 1, 8), ceilings)  # floor: max(1 ms of traffic, 2 ms of math)
+    out = roofline.achieved(model, "fwd", 2.0, Shape(2, 1000, 1, 8), ceilings)  # floor: max(1 ms of traffic, 2 ms of math)
     assert out["tokens_per_s"] == pytest.approx(1e6) and out["bytes_per_s"] == pytest.approx(1.5e12)
     assert out["flops_per_s"] == pytest.approx(5e14) and out["floor_ms"] == pytest.approx(2.0)
     assert out["roofline_fraction"] == pytest.approx(1.0) and out["bound"] == "compute"
-    assert "floor_ms" not in bk.achieved(model, "fwd", 2.0, Shape(1, 1, 1, 8), None)
+    assert "floor_ms" not in roofline.achieved(model, "fwd", 2.0, Shape(1, 1, 1, 8), None)
 
 
 def test_inputs():
-    x = bk.make_inputs("gated_delta", Shape(1, 5, 2, 8), device="cpu")
+    x = impls.make_inputs("gated_delta", Shape(1, 5, 2, 8), device="cpu")
     assert x["q"].dtype == x["beta"].dtype == torch.bfloat16 and x["g"].dtype == torch.float32
     assert x["g"].shape == (1, 5, 2) and (x["g"] < 0).all() and ((x["beta"] > 0) & (x["beta"] < 1)).all()
     assert torch.allclose(x["k"].float().norm(dim=-1), torch.ones(1, 5, 2), atol=1e-2)
-    gla = bk.make_inputs("gla", Shape(1, 5, 2, 8), device="cpu")
+    gla = impls.make_inputs("gla", Shape(1, 5, 2, 8), device="cpu")
     assert gla["g"].shape == (1, 5, 2, 8) and (gla["g"] < 0).all() and (gla["g"] > -1).all() and "beta" not in gla
-    assert "g" not in bk.make_inputs("lr_none", Shape(1, 5, 2, 8), device="cpu")
-    assert torch.equal(bk.make_inputs("delta", Shape(1, 5, 2, 8), device="cpu")["q"], bk.make_inputs("delta", Shape(1, 5, 2, 8), device="cpu")["q"])
+    assert "g" not in impls.make_inputs("lr_none", Shape(1, 5, 2, 8), device="cpu")
+    assert torch.equal(impls.make_inputs("delta", Shape(1, 5, 2, 8), device="cpu")["q"], impls.make_inputs("delta", Shape(1, 5, 2, 8), device="cpu")["q"])
 
 
 def test_time_limit_stops_a_python_loop():
     start = time.monotonic()
-    with pytest.raises(bk.TimeBudgetExceeded, match="loop: over its 0.2 s budget"):
-        with bk.time_limit(0.2, "loop"):
+    with pytest.raises(budget.TimeBudgetExceeded, match="loop: over its 0.2 s budget"):
+        with budget.time_limit(0.2, "loop"):
             while True:
                 pass
     assert time.monotonic() - start < 2
-    assert bk.classify(RuntimeError("wrapped"), "ours") == "time budget"  # the alarm fired: a wrapped stop still counts
-    with bk.time_limit(None, "no limit"):
+    assert budget.classify(RuntimeError("wrapped"), "ours") == "time budget"  # the alarm fired: a wrapped stop still counts
+    with budget.time_limit(None, "no limit"):
         pass
-    assert bk.classify(RuntimeError("Triton >= 3.4.0 ... Hopper"), "fla") == "refused"
-    assert bk.classify(RuntimeError("boom"), "ours") == "error"
-    with pytest.raises(bk.TimeBudgetExceeded, match="no time left"):
-        with bk.time_limit(0, "late"):
+    assert budget.classify(RuntimeError("Triton >= 3.4.0 ... Hopper"), "fla") == "refused"
+    assert budget.classify(RuntimeError("boom"), "ours") == "error"
+    with pytest.raises(budget.TimeBudgetExceeded, match="no time left"):
+        with budget.time_limit(0, "late"):
             pass
 
 
@@ -138,7 +141,7 @@ def test_markdown_table_and_targets():
             row("delta", "fla", ok(1.0, 2**30), ok(4.0, 2**32)),
         ],
     }
-    text = bk.markdown(result)
+    text = report.markdown(result)
     lines = text.splitlines()
     table = [line for line in lines if line.startswith("| gated_delta") or line.startswith("| gla") or line.startswith("| delta ")]
     assert len(table) == 5
@@ -148,23 +151,23 @@ def test_markdown_table_and_targets():
     assert "not supported [2] | not supported |" in text  # the same message is noted once
     assert "| linear_recurrence | 3.20 | 14.00 | 2.90 |" in text and "| delta_rule | error | error | error |" in text
     assert "copy 3.00 TB/s, bf16 matmul 746 TFLOP/s" in text and "fla 0.6.0" in text
-    t = bk.targets(result)
+    t = report.targets(result)
     assert t["decode"] == {"linear_recurrence": {"events_us": True, "wall_us": False, "cuda_graph_us": True}}
     assert [(p["op"], p["phase"], p["met"]) for p in t["peak_memory_vs_fla"]] == [("gated_delta", "fwd", False), ("delta", "fwdbwd", True)]
     assert "- peak memory delta B8_T4096_H16_D128 (fwdbwd): ours 2.00 GiB, fla 4.00 GiB: met" in text
-    assert bk.markdown({"rows": []}).endswith("- nothing to compare yet\n")
+    assert report.markdown({"rows": []}).endswith("- nothing to compare yet\n")
 
 
 def test_finished_rows_are_kept_by_resume():
     rows = [row("delta", "ours", ok(1, 1), ok(2, 2)), row("delta", "fla", ok(1, 1), {"status": "time budget"}),
             row("gla", "ours", {"status": "not supported"}, {"status": "not supported"}), row("lr_none", "fla", {"status": "not run"}, {"status": "not run"})]
-    assert sorted(bk.finished(rows)) == [("delta", "B8_T4096_H16_D128", "ours"), ("gla", "B8_T4096_H16_D128", "ours")]
+    assert sorted(run.finished(rows)) == [("delta", "B8_T4096_H16_D128", "ours"), ("gla", "B8_T4096_H16_D128", "ours")]
 
 
 def test_without_cuda_it_stops_with_a_message(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
-        bk.main(["--quick"])
+        run.main(["--quick"])
 
 
 def test_run_on_cpu_with_faked_cuda(monkeypatch, tmp_path):
@@ -176,12 +179,12 @@ def test_run_on_cpu_with_faked_cuda(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: 0)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 2**20)
     monkeypatch.setattr(triton.testing, "do_bench", lambda fn, warmup, rep, grad_to_none=None, return_mode="median": (fn(), 1.0)[1])
-    monkeypatch.setattr(bk, "ceilings", lambda: {"copy_bytes_per_s": 3e12, "bf16_matmul_flops_per_s": 7e14})
-    monkeypatch.setattr(bk, "decode_times", lambda seconds: {"shape": "B1_H16_D128"})
-    make_inputs = bk.make_inputs
-    monkeypatch.setattr(bk, "make_inputs", lambda op, shape: make_inputs(op, shape, device="cpu", dtype=torch.float32))
+    monkeypatch.setattr(measuring, "ceilings", lambda: {"copy_bytes_per_s": 3e12, "bf16_matmul_flops_per_s": 7e14})
+    monkeypatch.setattr(measuring, "decode_times", lambda seconds: {"shape": "B1_H16_D128"})
+    make_inputs = impls.make_inputs
+    monkeypatch.setattr(impls, "make_inputs", lambda op, shape: make_inputs(op, shape, device="cpu", dtype=torch.float32))
     argv = ["--shapes", "B1_T20_H2_D8", "--ops", "lr_scalar", "gla", "delta", "attention", "--impls", "torch_chunk", "sdpa", "--out", str(tmp_path)]
-    result = bk.main(argv)
+    result = run.main(argv)
     (path,) = tmp_path.glob("kernels_Fake_GPU_*.json")
     assert path.with_suffix(".md").exists()
     saved = json.loads(path.read_text())
@@ -199,6 +202,6 @@ def test_run_on_cpu_with_faked_cuda(monkeypatch, tmp_path):
     saved["rows"][0]["fwdbwd"] = {"status": "time budget", "message": "over"}
     saved["rows"][1]["fwd"]["ms"] = 123.0
     path.write_text(json.dumps(saved))
-    again = bk.main(argv + ["--resume", str(path)])
+    again = run.main(argv + ["--resume", str(path)])
     assert again["rows"][0]["fwdbwd"]["status"] == "ok" and again["rows"][1]["fwd"]["ms"] == 123.0
     assert len(again["earlier_runs"]) == 1

@@ -1,0 +1,106 @@
+"""The roofline model of each op: minimum bytes moved and FLOPs, and the rates a time achieves against it."""
+
+from __future__ import annotations
+
+import math
+
+
+from benchmarks.kernels.shapes import CHUNK, SUB_CHUNK, Shape
+
+
+def roofline_model(op: str, shape: Shape, chunk: int = CHUNK, sub_chunk: int = SUB_CHUNK) -> dict:
+    """Minimum bytes and FLOPs of an op's forward and forward + backward at bf16 (g fp32, beta bf16).
+
+    Bytes: every input read once, every output written once (forward: q, k, v, g, beta in, o out;
+    backward: q, k, v, g, beta, dO in, their gradients out); SDPA also writes and reads its fp32
+    log-sum-exp. FLOPs: the matmuls of the chunked algorithm, per (chunk of C = 64 tokens, head),
+    with 2CKV for a [C, K] x [K, V] product (from kernels/linear_recurrence/README.md and
+    kernels/delta_rule/README.md):
+    - linear recurrence, forward: state update, Q h (2 x 2CKV), Q K^T (2C^2K), A V (2C^2V); backward:
+      recomputed state, dh, K dh, dO h^T, V dh^T (5 x 2CKV), four C^2K and three C^2V products.
+    - GLA (decay per key channel): the same matmul FLOPs as the scalar decay, plus the sub-chunk work
+      of the score matrix: its diagonal S x S blocks (S = 16, fla's sub-chunk) are computed elementwise,
+      2 FLOPs per (pair, channel), 2CSK per chunk forward and twice that backward (dq, dk); exps and the
+      O(CK) gate scalings are not counted.
+    - delta rule, forward: K K^T, W = T Kb, U = T Vb, W h and the state update, Q h, Q K^T, A U~
+      (3 x 2CKV + 3 x 2C^2K + 2 x 2C^2V); backward 2.5 x the forward.
+    - causal attention: 4 T(T+1)/2 D per (batch, head) forward (Q K^T and P V over the causal half),
+      2.5 x that backward (Q K^T recomputed, dV, dP, dQ, dK).
+    The gate of lr_scalar and gated_delta adds g [B, T, H] fp32; gla's g is [B, T, H, K] fp32.
+    `*_bytes_scheduled`, where given, is what our kernels move as scheduled (per-chunk states h, dh,
+    T, W, U written and read back, recomputation), from the same READMEs.
+    """
+    B, T, H, D = shape.B, shape.T, shape.H, shape.D
+    K = V = D
+    n = B * T * H  # token-heads
+    e, e32 = 2, 4  # bytes of bf16, fp32
+    chunks = B * H * math.ceil(T / chunk)
+    ckv, cck, ccv = 2 * chunk * K * V, 2 * chunk * chunk * K, 2 * chunk * chunk * V
+    q = k = n * K * e
+    v = o = n * V * e
+    g = {"lr_scalar": n * e32, "gated_delta": n * e32, "gla": n * K * e32}.get(op, 0)
+    model: dict = {"op": op, "shape": shape.name, "chunk": chunk}
+    if op == "attention":
+        lse = n * e32
+        fwd_bytes = q + k + v + o + lse
+        bwd_bytes = q + k + v + o + o + lse + q + k + v  # read q, k, v, o, dO, lse; write dq, dk, dv
+        fwd_flops = B * H * 4 * D * T * (T + 1) // 2
+        bwd_flops = int(2.5 * fwd_flops)
+    elif op in ("lr_none", "lr_scalar", "gla"):
+        fwd_bytes = q + k + v + g + o
+        bwd_bytes = q + k + v + g + o + q + k + v + g  # read q, k, v, g, dO; write dq, dk, dv, dg
+        fwd_flops = chunks * (2 * ckv + cck + ccv)
+        bwd_flops = chunks * (5 * ckv + 4 * cck + 3 * ccv)
+        if op == "gla":
+            fwd_flops += chunks * 2 * chunk * sub_chunk * K
+            bwd_flops += chunks * 4 * chunk * sub_chunk * K
+        else:
+            h = chunks * K * V * e  # per-chunk states
+            qkv = q + k + v
+            model["fwd_bytes_scheduled"] = fwd_bytes + 2 * h  # h written and read
+            # h recomputed (write + read), dh (write + 2 reads), q, k, v, dO re-read by each pass
+            model["fwdbwd_bytes_scheduled"] = model["fwd_bytes_scheduled"] + bwd_bytes + 3 * h + 2 * h + 3 * qkv
+    elif op in ("delta", "gated_delta"):
+        beta = n * e
+        fwd_bytes = q + k + v + beta + g + o
+        bwd_bytes = q + k + v + o + beta + g + q + k + v + beta + g  # read q, k, v, dO, beta, g; write their gradients
+        fwd_flops = chunks * (3 * ckv + 3 * cck + 2 * ccv)
+        bwd_flops = int(2.5 * fwd_flops)
+        h, tm, gb = chunks * K * V * e, chunks * chunk * chunk * e32, beta + g  # states; T (fp32)
+        wy = k + v + gb + tm + k + v  # read k, v, beta, g; write T, W, U
+        state = 2 * k + v + h + v  # read k, W, U; write h, U~
+        fwd_sched = wy + state + q + k + v + h + o  # output: read q, k, U~, h; write o
+        bwd_sched = (
+            wy + state  # recomputed
+            + q + k + v + 2 * v  # chunk-local dU~: read q, k, dO; write fp32
+            + q + 2 * k + v + 2 * v + h + 2 * v  # reverse pass: read q, k, W, dO, fp32 dU~; write dh, fp32 dU~
+            + q + k + 2 * v + 2 * h + q + 2 * k + n * e32  # dQ/dK/dg: read q, k, U~, dO, h, dh; write dq, fp32 dk, dg
+            + 2 * k + v + gb + tm + h + 2 * v + 4 * k + 2 * tm + k + v + gb  # WY backward
+        )
+        model["fwd_bytes_scheduled"] = fwd_sched
+        model["fwdbwd_bytes_scheduled"] = fwd_sched + bwd_sched
+    else:
+        raise ValueError(f"no roofline model for op {op!r}")
+    model.update(
+        fwd_bytes=fwd_bytes, fwd_flops=fwd_flops,
+        fwdbwd_bytes=fwd_bytes + bwd_bytes, fwdbwd_flops=fwd_flops + bwd_flops,
+    )
+    return model
+
+
+def achieved(model: dict, phase: str, ms: float, shape: Shape, ceilings: dict | None) -> dict:
+    """tokens/s, bytes/s and FLOP/s of the model at `ms` for phase 'fwd' or 'fwdbwd', and, given the
+    measured ceilings, the roofline floor max(bytes / bandwidth, FLOPs / matmul rate) and the fraction
+    of it reached (floor / measured: 1 is the roofline)."""
+    seconds = ms * 1e-3
+    out = {
+        "tokens_per_s": shape.tokens / seconds,
+        "bytes_per_s": model[f"{phase}_bytes"] / seconds,
+        "flops_per_s": model[f"{phase}_flops"] / seconds,
+    }
+    if ceilings:
+        bandwidth, rate = ceilings["copy_bytes_per_s"], ceilings["bf16_matmul_flops_per_s"]
+        floor_ms = 1e3 * max(model[f"{phase}_bytes"] / bandwidth, model[f"{phase}_flops"] / rate)
+        out.update(floor_ms=floor_ms, roofline_fraction=floor_ms / ms,
+                   bound="memory" if model[f"{phase}_bytes"] / bandwidth >= model[f"{phase}_flops"] / rate else "compute")
+    return out
