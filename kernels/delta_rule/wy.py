@@ -1,0 +1,256 @@
+"""The per-chunk WY representation of the delta rule, forward and backward kernels; see README.md.
+
+Per chunk: A = strict_lower(Diag(beta) (K K^T * Gamma)), T = (I + A)^-1 (the four diagonal 16 x 16 blocks by
+forward substitution, the rest by block substitution), W = T Diag(beta) (K * exp(gamma)), U = T Diag(beta) V;
+`_wy_bwd_kernel` takes the gradients of W and U back to K, V, beta and gamma. Launched from chunk.py.
+"""
+
+import triton
+import triton.language as tl
+
+from kernels.common.chunks import chunk_coords
+from kernels.common.config import all_configs, configs
+from kernels.linear_recurrence.chunk import KEY
+
+WY_CHOICES = all_configs(warps=(4, 8), stages=(2, 3))
+
+
+# --- per chunk: the WY representation ------------------------------------------------------------------
+
+
+@triton.jit
+def _substitution_step(p, blk: tl.constexpr, i, X, o16, row, below, BT: tl.constexpr):
+    # row i of the working matrix is still row i of -A (rows >= i are untouched): read it from memory
+    # (A is there, L1/L2-resident) instead of extracting it from X with a cross-thread reduction
+    b_a = -tl.load(p + (blk * 16 + i) * BT + blk * 16 + o16)
+    b_a += tl.where(below, tl.sum(b_a[:, None] * X, 0), 0)
+    return tl.where(row[:, None], b_a, X)
+
+
+@triton.jit
+def _invert_unit_lower_16x4(p, A0, A1, A2, A3, o16, BT: tl.constexpr):
+    """(I + A)^-1 of the four strictly lower-triangular 16 x 16 float32 diagonal blocks A of the 64 x 64
+    matrix at p, passed negated (-A): forward substitution row by row (rows < i hold rows of the
+    inverse minus I, rows >= i still -A); the four interleaved in one loop, whose steps are
+    latency-bound. Row i of each block comes from memory (one reduction per step, not two)."""
+    for i in range(1, 16):
+        row, below = o16 == i, o16 < i
+        A0 = _substitution_step(p, 0, i, A0, o16, row, below, BT)
+        A1 = _substitution_step(p, 1, i, A1, o16, row, below, BT)
+        A2 = _substitution_step(p, 2, i, A2, o16, row, below, BT)
+        A3 = _substitution_step(p, 3, i, A3, o16, row, below, BT)
+    eye = (o16[:, None] == o16[None, :]).to(tl.float32)
+    return A0 + eye, A1 + eye, A2 + eye, A3 + eye
+
+
+@triton.jit
+def _block16(p, i: tl.constexpr, j: tl.constexpr, BT: tl.constexpr):
+    o16 = tl.arange(0, 16)
+    return tl.load(p + (i * 16 + o16[:, None]) * BT + (j * 16 + o16[None, :]))
+
+
+@triton.jit
+def _store16(p, i: tl.constexpr, j: tl.constexpr, x, BT: tl.constexpr):
+    o16 = tl.arange(0, 16)
+    tl.store(p + (i * 16 + o16[:, None]) * BT + (j * 16 + o16[None, :]), x)
+
+
+@triton.jit
+def _mm(a, b):
+    return tl.dot(a, b, input_precision="ieee")  # 16 x 16 blocks of T: exact fp32, cheap at this size
+
+
+@triton.jit
+def _invert_unit_lower_64(p, BT: tl.constexpr):
+    """Overwrites the strictly lower-triangular 64 x 64 float32 A at p with (I + A)^-1: the four diagonal
+    16 x 16 blocks by substitution, then block forward substitution X_ij = -X_ii sum_k A_ik X_kj.
+    Much faster than 63 substitution steps on the whole matrix. The caller synchronises around it."""
+    tl.static_assert(BT == 64, "the block inversion is written for chunks of 64 tokens")
+    o16 = tl.arange(0, 16)
+    X00, X11, X22, X33 = _invert_unit_lower_16x4(
+        p, -_block16(p, 0, 0, BT), -_block16(p, 1, 1, BT), -_block16(p, 2, 2, BT), -_block16(p, 3, 3, BT), o16, BT
+    )
+    A10, A20, A30 = _block16(p, 1, 0, BT), _block16(p, 2, 0, BT), _block16(p, 3, 0, BT)
+    A21, A31, A32 = _block16(p, 2, 1, BT), _block16(p, 3, 1, BT), _block16(p, 3, 2, BT)
+    X10 = -_mm(X11, _mm(A10, X00))
+    X21 = -_mm(X22, _mm(A21, X11))
+    X32 = -_mm(X33, _mm(A32, X22))
+    X20 = -_mm(X22, _mm(A20, X00) + _mm(A21, X10))
+    X31 = -_mm(X33, _mm(A31, X11) + _mm(A32, X21))
+    X30 = -_mm(X33, _mm(A30, X00) + _mm(A31, X10) + _mm(A32, X20))
+    tl.debug_barrier()  # every block of A is read before the first is overwritten
+    zero = tl.zeros([16, 16], dtype=tl.float32)
+    _store16(p, 0, 0, X00, BT)
+    _store16(p, 0, 1, zero, BT)
+    _store16(p, 0, 2, zero, BT)
+    _store16(p, 0, 3, zero, BT)
+    _store16(p, 1, 0, X10, BT)
+    _store16(p, 1, 1, X11, BT)
+    _store16(p, 1, 2, zero, BT)
+    _store16(p, 1, 3, zero, BT)
+    _store16(p, 2, 0, X20, BT)
+    _store16(p, 2, 1, X21, BT)
+    _store16(p, 2, 2, X22, BT)
+    _store16(p, 2, 3, zero, BT)
+    _store16(p, 3, 0, X30, BT)
+    _store16(p, 3, 1, X31, BT)
+    _store16(p, 3, 2, X32, BT)
+    _store16(p, 3, 3, X33, BT)
+
+
+@triton.autotune(configs=configs(WY_CHOICES), key=KEY + ["HAVE_T"])
+@triton.jit(do_not_specialize=["T"])
+def _wy_fwd_kernel(
+    k, v, beta, gc, Tm, w, u, cu_seqlens, chunk_indices, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_G: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, HAVE_T: tl.constexpr,
+):
+    """T = (I + A)^-1 (float32, stored), W = T (K * beta exp(gamma)), U = T (V * beta).
+    HAVE_T: T is read from Tm (saved by the forward) and only W and U are computed (the backward)."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos, T, i_t, i_c = chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
+    o_t = i_t * BT + tl.arange(0, BT)
+    m_t = o_t < T
+    base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H
+    o_c = tl.arange(0, BT)
+    b_beta = tl.load(beta + base + r, mask=m_t, other=0).to(tl.float32)
+    k_scale = b_beta
+    if USE_G:
+        b_g = tl.load(gc + base + r, mask=m_t, other=0)
+        k_scale = b_beta * tl.exp2(b_g)
+    p_T = Tm + (i_c * H + i_h) * BT * BT
+    if not HAVE_T:
+        b_A = tl.zeros([BT, BT], dtype=tl.float32)
+        for i_k in tl.static_range(0, (K + BK - 1) // BK):
+            o_k = i_k * BK + tl.arange(0, BK)
+            m_k = o_k < K
+            b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)  # [BT, BK]
+            b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)  # [BK, BT]
+            b_A += tl.dot(b_k, b_kt, input_precision=DOT_PREC)
+        strict = (o_c[:, None] > o_c[None, :]) & m_t[:, None] & m_t[None, :]  # padded rows have gamma 0
+        if USE_G:
+            b_A *= tl.exp2(tl.where(strict, b_g[:, None] - b_g[None, :], float("-inf")))
+        b_A = tl.where(strict, b_A * b_beta[:, None], 0)
+        tl.store(p_T + (o_c[:, None] * BT + o_c[None, :]), b_A)
+        tl.debug_barrier()  # A goes through memory to be read back as 16 x 16 blocks
+        _invert_unit_lower_64(p_T, BT)
+        tl.debug_barrier()
+    b_A = tl.load(p_T + (o_c[:, None] * BT + o_c[None, :]))  # T = (I + A)^-1
+    for i_k in tl.static_range(0, (K + BK - 1) // BK):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_tk = m_t[:, None] & (o_k[None, :] < K)
+        b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0).to(tl.float32)
+        b_w = tl.dot(b_A, b_k * k_scale[:, None], input_precision=DOT_PREC)
+        tl.store(w + base * K + (r[:, None] * K + o_k[None, :]), b_w.to(w.dtype.element_ty), mask=m_tk)
+    for i_v in tl.static_range(0, (V + BV - 1) // BV):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_tv = m_t[:, None] & (o_v[None, :] < V)
+        b_v = tl.load(v + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0).to(tl.float32)
+        b_u = tl.dot(b_A, b_v * b_beta[:, None], input_precision=DOT_PREC)
+        tl.store(u + base * V + (r[:, None] * V + o_v[None, :]), b_u.to(u.dtype.element_ty), mask=m_tv)
+
+
+@triton.autotune(configs=configs(WY_CHOICES), key=KEY + ["NK_LR"], restore_value=["dk_acc"])  # updated in place
+@triton.jit(do_not_specialize=["T", "n_rows"])
+def _wy_bwd_kernel(
+    k, v, beta, gc, Tm, scratch, h, du, dk_acc, dk, dv, dbeta, dg_lr, dg, cu_seqlens, chunk_indices, T, n_rows,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_G: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, NK_LR: tl.constexpr,
+):
+    """Gradients through T, W = T Kb and U = T Vb (Kb = K * beta exp(gamma), Vb = V * beta), given
+    dU = dU~ and dW = -dU~ h[c]^T: dKb = T^T dW, dVb = T^T dU, dT = dW Kb^T + dU Vb^T,
+    dA = -T^T dT T^T (strictly lower part). dk = dk_acc (the linear recurrence's part) + the rest;
+    dg = this chunk's share, reverse-summed over the chunk like the linear recurrence's, plus the
+    linear recurrence's NK_LR per-K-tile shares dg_lr [NK_LR, n_rows], written in dg's dtype.
+    T is only read (it may be the forward's saved copy); B^T goes through this chunk's slot of
+    `scratch` (same shape as Tm); dk_acc is overwritten with partial sums.
+    """
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos, T, i_t, i_c = chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
+    o_t = i_t * BT + tl.arange(0, BT)
+    m_t = o_t < T
+    base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H
+    o_c = tl.arange(0, BT)
+    p_T = Tm + (i_c * H + i_h) * BT * BT
+    p_S = scratch + (i_c * H + i_h) * BT * BT
+    p_h = h + (i_c * H + i_h) * K * V
+    b_Tt = tl.load(p_T + (o_c[None, :] * BT + o_c[:, None]))  # [BT, BT], T transposed
+    b_beta = tl.load(beta + base + r, mask=m_t, other=0).to(tl.float32)
+    e_g = tl.full([BT], 1.0, dtype=tl.float32)
+    if USE_G:
+        b_g = tl.load(gc + base + r, mask=m_t, other=0)
+        e_g = tl.exp2(b_g)
+    k_scale = b_beta * e_g
+    b_dT = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dbeta = tl.zeros([BT], dtype=tl.float32)
+    b_dgam = tl.zeros([BT], dtype=tl.float32)
+    for i_v in tl.static_range(0, (V + BV - 1) // BV):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_tv = m_t[:, None] & (o_v[None, :] < V)
+        b_du = tl.load(du + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0)  # [BT, BV] fp32
+        b_v = tl.load(v + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0).to(tl.float32)
+        b_vbt = tl.load(v + base * V + (r[None, :] * V + o_v[:, None]), mask=(o_v[:, None] < V) & m_t[None, :], other=0)
+        b_dT += tl.dot(b_du, b_vbt.to(tl.float32) * b_beta[None, :], input_precision=DOT_PREC)
+        b_dvb = tl.dot(b_Tt, b_du, input_precision=DOT_PREC)
+        b_dbeta += tl.sum(b_dvb * b_v, 1)
+        tl.store(dv + base * V + (r[:, None] * V + o_v[None, :]), (b_dvb * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_tv)
+    for i_k in tl.static_range(0, (K + BK - 1) // BK):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        b_dw = tl.zeros([BT, BK], dtype=tl.float32)
+        for i_v in tl.static_range(0, (V + BV - 1) // BV):
+            o_v = i_v * BV + tl.arange(0, BV)
+            b_du = tl.load(du + base * V + (r[:, None] * V + o_v[None, :]), mask=m_t[:, None] & (o_v[None, :] < V), other=0)
+            b_ht = tl.load(p_h + o_k[None, :] * V + o_v[:, None], mask=(o_v[:, None] < V) & m_k[None, :], other=0)  # [BV, BK]
+            b_dw -= tl.dot(b_du, b_ht.to(tl.float32), input_precision=DOT_PREC)
+        b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0).to(tl.float32)
+        b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)
+        b_dT += tl.dot(b_dw, b_kt.to(tl.float32) * k_scale[None, :], input_precision=DOT_PREC)
+        b_dkb = tl.dot(b_Tt, b_dw, input_precision=DOT_PREC)
+        b_kdkb = tl.sum(b_dkb * b_k, 1)
+        b_dbeta += b_kdkb * e_g
+        b_dgam += b_kdkb * k_scale
+        p_acc = dk_acc + base * K + (r[:, None] * K + o_k[None, :])
+        tl.store(p_acc, tl.load(p_acc, mask=m_tk, other=0) + b_dkb * k_scale[:, None], mask=m_tk)
+    # dA = -T^T (dT T^T), then through A = strict_lower(beta_r (k_r . k_j) Gamma_rj)
+    b_dA = tl.dot(b_dT, b_Tt, input_precision=DOT_PREC)
+    b_dA = -tl.dot(b_Tt, b_dA, input_precision=DOT_PREC)
+    strict = (o_c[:, None] > o_c[None, :]) & m_t[:, None] & m_t[None, :]  # padded rows have gamma 0
+    b_kk = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in tl.static_range(0, (K + BK - 1) // BK):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)
+        b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)
+        b_kk += tl.dot(b_k, b_kt, input_precision=DOT_PREC)
+    if USE_G:
+        b_gam = tl.exp2(tl.where(strict, b_g[:, None] - b_g[None, :], float("-inf")))
+    else:
+        b_gam = strict.to(tl.float32)
+    b_dA = tl.where(strict, b_dA, 0) * b_gam  # dA * Gamma
+    b_G = b_dA * b_kk  # d(loss)/d(A_rj) * A_rj / beta_r
+    b_dbeta += tl.sum(b_G, 1)
+    if USE_G:
+        b_M = b_G * b_beta[:, None]
+        b_dgam += tl.sum(b_M, 1) - tl.sum(b_M, 0)
+    b_B = b_dA * b_beta[:, None]  # dk = dk + B K + B^T K
+    # B^T by a round trip through memory (this chunk's scratch slot), not by transposing in registers
+    tl.store(p_S + (o_c[:, None] * BT + o_c[None, :]), b_B)
+    tl.debug_barrier()  # B and dk_acc, written by other threads of this program, are read below
+    b_Bt = tl.load(p_S + (o_c[None, :] * BT + o_c[:, None]))
+    for i_k in tl.static_range(0, (K + BK - 1) // BK):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_tk = m_t[:, None] & (o_k[None, :] < K)
+        b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0).to(tl.float32)
+        b_dk = tl.load(dk_acc + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0)
+        b_dk += tl.dot(b_B, b_k, input_precision=DOT_PREC) + tl.dot(b_Bt, b_k, input_precision=DOT_PREC)
+        tl.store(dk + base * K + (r[:, None] * K + o_k[None, :]), b_dk.to(dk.dtype.element_ty), mask=m_tk)
+    tl.store(dbeta + base + r, b_dbeta.to(dbeta.dtype.element_ty), mask=m_t)
+    if USE_G:
+        b_dg = tl.cumsum(b_dgam, axis=0, reverse=True)
+        for i_lr in tl.static_range(0, NK_LR):  # the linear recurrence's shares, one per K tile of its kernel
+            b_dg += tl.load(dg_lr + (base + n_rows.to(tl.int64) * i_lr) + r, mask=m_t, other=0)
+        tl.store(dg + base + r, b_dg.to(dg.dtype.element_ty), mask=m_t)
