@@ -1,17 +1,25 @@
-"""What the kernel test modules share: tolerances, the check, the interpreter subprocess run and the
-GPU test of 64-bit offsets."""
+"""What the kernel test modules share: tolerances, the check, the interpreter tests (one subprocess per
+module), and the GPU checks that every op's kernels pass alike (no recompilation per length, every
+autotune config, 64-bit offsets)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import pytest
 import torch
 
-from tests.kernels.cases import Case, rel_rms
+from tests.kernels.cases import Case, compare, rel_rms
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs a CUDA device and Triton")
 
 ROOT = Path(__file__).resolve().parents[2]
 # relative RMS error allowed for (outputs and states, gradients)
@@ -37,6 +45,69 @@ def run_interpreter(group: str) -> dict[str, dict[str, float]]:
     return {r["case"]: r["errors"] for r in results}
 
 
+def interpreter_result(results: dict[str, dict[str, float]], name: str) -> dict[str, float]:
+    assert name in results, f"no result for {name}; got {sorted(results)}"
+    return results[name]
+
+
+def interpreter_tests(group: str, cases: Sequence[Case], compile_name: str, step_cases: Sequence[Case] = ()) -> tuple[Callable, ...]:
+    """A kernel test module's CPU tests, for it to bind to module-level names: the fixture
+    `interpreter_results` (every case of `group` run once, in one interpreter subprocess), the comparison
+    of each case with the chunk form, the custom-op check (opcheck and torch.compile(fullgraph=True) equal
+    to eager, result `compile_name`) and, with `step_cases`, the decode steps against the naive op."""
+    in_one_subprocess = pytest.mark.xdist_group(f"triton_interpreter_{group}")  # one per module, not per worker
+
+    @pytest.fixture(scope="module")
+    def interpreter_results() -> dict[str, dict[str, float]]:
+        return run_interpreter(group)
+
+    @needs_triton
+    @in_one_subprocess
+    @pytest.mark.parametrize("case", cases, ids=lambda c: c.name)
+    def test_interpreter_matches_chunk_form(case: Case, interpreter_results: dict[str, dict[str, float]]) -> None:
+        check(case, interpreter_result(interpreter_results, case.name))
+
+    @needs_triton
+    @in_one_subprocess
+    def test_interpreter_custom_op_compiles(interpreter_results: dict[str, dict[str, float]]) -> None:
+        errors = interpreter_result(interpreter_results, compile_name)
+        assert errors and max(errors.values()) <= 1e-6, f"compiled and eager differ: {errors}"
+
+    @needs_triton
+    @in_one_subprocess
+    @pytest.mark.parametrize("case", step_cases, ids=lambda c: c.name)
+    def test_interpreter_step_matches_naive(case: Case, interpreter_results: dict[str, dict[str, float]]) -> None:
+        """Decode steps of kernels.common.step.recurrent_step against the naive op over the same tokens."""
+        check(case, interpreter_result(interpreter_results, f"step-{case.name}"))
+
+    tests = (interpreter_results, test_interpreter_matches_chunk_form, test_interpreter_custom_op_compiles)
+    return (*tests, test_interpreter_step_matches_naive) if step_cases else tests
+
+
+def check_no_recompilation(autotuned: Mapping, case_at: Callable[[int], Case]) -> None:
+    """After a first run, the cases `case_at(T)` at other lengths are correct and compile nothing new:
+    T stays a run-time argument of every kernel in `autotuned`."""
+
+    def compiled() -> int:
+        return sum(len(cache[0]) for kernel in autotuned for cache in kernel.fn.device_caches.values())
+
+    compare(case_at(100), "cuda")
+    before = compiled()
+    for T in (1, 63, 64, 1000, 4097):
+        check(case_at(T), compare(case_at(T), "cuda").errors)
+    assert compiled() == before, "a new sequence length compiled new kernels: T must stay a run-time argument"
+
+
+def check_every_config(autotuned: Mapping, index: int, cases: Sequence[Case], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cases are correct with every kernel of `autotuned` held to its index-th (num_warps, num_stages)
+    choice (cycling through shorter lists): Triton miscompiles some on Hopper."""
+    for kernel, choices in autotuned.items():
+        monkeypatch.setattr(kernel, "configs", [choices[index % len(choices)]])
+        monkeypatch.setattr(kernel, "cache", {})
+    for case in cases:
+        check(case, compare(case, "cuda").errors)
+
+
 def check_64bit_offsets(gate: str, V: int, min_free_gib: int) -> None:
     """The linear recurrence at T = 131072 with H * K large enough that offsets pass 2**31 elements, on
     the GPU; gate "scalar" (B, T, H) or "gla" (B, T, H, K). V may be small: q, k and g carry the offsets.
@@ -44,8 +115,6 @@ def check_64bit_offsets(gate: str, V: int, min_free_gib: int) -> None:
     Keys are zero before the last `tail` tokens, so the state there is zero and the tail must equal
     a separate run of the chunk form on the tail alone; the tail sits at the largest offsets.
     """
-    import pytest
-
     from kernels.linear_recurrence import chunk_linear_recurrence
 
     T, H, D, tail = 131072, 132, 128, 2048

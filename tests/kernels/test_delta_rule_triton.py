@@ -9,50 +9,20 @@ that would show).
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
 from tests.kernels.cases import DELTA, DELTA_INTERPRETER_CASES, STEP_CASES, Case, compare, compare_step, make_inputs
-from tests.kernels.helpers import check, run_interpreter
+from tests.kernels.helpers import check, check_every_config, check_no_recompilation, interpreter_tests, needs_cuda
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs a CUDA device and Triton")
+# --- CPU: the interpreter, in a subprocess -----------------------------------------------------------
 
-
-@pytest.fixture(scope="module")
-def interpreter_results() -> dict[str, dict[str, float]]:
-    return run_interpreter(DELTA)
+interpreter_results, test_interpreter_matches_chunk_form, test_interpreter_custom_op_compiles, test_interpreter_step_matches_naive = (
+    interpreter_tests(DELTA, DELTA_INTERPRETER_CASES, f"compile-{DELTA}", [c for c in STEP_CASES if c.op == DELTA])
+)
 
 
-@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
-@pytest.mark.xdist_group("triton_interpreter_delta_rule")  # one subprocess per module, not one per worker
-@pytest.mark.parametrize("case", DELTA_INTERPRETER_CASES, ids=lambda c: c.name)
-def test_interpreter_matches_chunk_form(case: Case, interpreter_results: dict[str, dict[str, float]]) -> None:
-    assert case.name in interpreter_results, f"no result for {case.name}; got {sorted(interpreter_results)}"
-    check(case, interpreter_results[case.name])
-
-
-@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
-@pytest.mark.xdist_group("triton_interpreter_delta_rule")
-def test_interpreter_custom_op_compiles(interpreter_results: dict[str, dict[str, float]]) -> None:
-    """opcheck passed and torch.compile(fullgraph=True) gives the eager loss and gradients (see cases.compiled_vs_eager)."""
-    name = f"compile-{DELTA}"
-    assert name in interpreter_results, f"no result for {name}; got {sorted(interpreter_results)}"
-    errors = interpreter_results[name]
-    assert errors and max(errors.values()) <= 1e-6, f"compiled and eager differ: {errors}"
-
-
-@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
-@pytest.mark.xdist_group("triton_interpreter_delta_rule")
-@pytest.mark.parametrize("case", [c for c in STEP_CASES if c.op == DELTA], ids=lambda c: c.name)
-def test_interpreter_step_matches_naive(case: Case, interpreter_results: dict[str, dict[str, float]]) -> None:
-    """Decode steps of kernels.common.step.recurrent_step against the naive op over the same tokens."""
-    name = f"step-{case.name}"
-    assert name in interpreter_results, f"no result for {name}; got {sorted(interpreter_results)}"
-    check(case, interpreter_results[name])
-
+# --- GPU: compiled kernels at full sizes -------------------------------------------------------------
 
 BF16 = "bfloat16"
 SWEEP = [
@@ -99,17 +69,7 @@ def test_gpu_dispatch_prefers_triton_on_cuda() -> None:
 def test_gpu_no_recompilation_when_only_T_changes() -> None:
     from kernels.delta_rule.chunk import AUTOTUNED
 
-    def compiled() -> int:
-        return sum(len(cache[0]) for kernel in AUTOTUNED for cache in kernel.fn.device_caches.values())
-
-    def case(T: int) -> Case:
-        return Case(T=T, K=64, V=64, B=2, H=2, dtype=BF16, op=DELTA)
-
-    compare(case(100), "cuda")
-    before = compiled()
-    for T in (1, 63, 64, 1000, 4097):
-        check(case(T), compare(case(T), "cuda").errors)
-    assert compiled() == before, "a new sequence length compiled new kernels: T must stay a run-time argument"
+    check_no_recompilation(AUTOTUNED, lambda T: Case(T=T, K=64, V=64, B=2, H=2, dtype=BF16, op=DELTA))
 
 
 @pytest.mark.gpu
@@ -120,15 +80,11 @@ def test_gpu_every_autotune_config(index: int, monkeypatch: pytest.MonkeyPatch) 
     from kernels.delta_rule.chunk import AUTOTUNED
     from kernels.linear_recurrence.chunk import AUTOTUNED as SHARED  # the output and score-gradient kernels
 
-    for kernel, choices in {**AUTOTUNED, **SHARED}.items():
-        monkeypatch.setattr(kernel, "configs", [choices[index % len(choices)]])
-        monkeypatch.setattr(kernel, "cache", {})
     cases = (
         Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, op=DELTA, seed=20),
         Case(lengths=LENGTHS, K=100, V=100, H=4, dtype=BF16, gate="none", op=DELTA, seed=21),
     )
-    for case in cases:
-        check(case, compare(case, "cuda").errors)
+    check_every_config({**AUTOTUNED, **SHARED}, index, cases, monkeypatch)
 
 
 @pytest.mark.gpu

@@ -11,42 +11,17 @@ every autotune config, no recompilation per length and 64-bit offsets.
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
 from tests.kernels.cases import GLA, GLA_INTERPRETER_CASES, Case, compare
-from tests.kernels.helpers import check, check_64bit_offsets, run_interpreter
+from tests.kernels.helpers import check, check_64bit_offsets, check_every_config, check_no_recompilation, interpreter_tests, needs_cuda
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs a CUDA device and Triton")
+# --- CPU: the interpreter, in a subprocess (opcheck and torch.compile with g of shape (B, T, H, K) too) -------
 
-
-# --- CPU: the interpreter, in a subprocess -----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def interpreter_results() -> dict[str, dict[str, float]]:
-    return run_interpreter(GLA)
-
-
-@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
-@pytest.mark.xdist_group("triton_interpreter_gla")  # one subprocess per module, not one per worker
-@pytest.mark.parametrize("case", GLA_INTERPRETER_CASES, ids=lambda c: c.name)
-def test_interpreter_matches_chunk_form(case: Case, interpreter_results: dict[str, dict[str, float]]) -> None:
-    assert case.name in interpreter_results, f"no result for {case.name}; got {sorted(interpreter_results)}"
-    check(case, interpreter_results[case.name])
-
-
-@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
-@pytest.mark.xdist_group("triton_interpreter_gla")
-def test_interpreter_custom_op_compiles(interpreter_results: dict[str, dict[str, float]]) -> None:
-    """opcheck passed with g (B, T, H, K) and torch.compile(fullgraph=True) gives the eager loss and gradients."""
-    name = "compile-linear_recurrence-gate-vector"
-    assert name in interpreter_results, f"no result for {name}; got {sorted(interpreter_results)}"
-    errors = interpreter_results[name]
-    assert errors and max(errors.values()) <= 1e-6, f"compiled and eager differ: {errors}"
+interpreter_results, test_interpreter_matches_chunk_form, test_interpreter_custom_op_compiles = interpreter_tests(
+    GLA, GLA_INTERPRETER_CASES, "compile-linear_recurrence-gate-vector"
+)
 
 
 def test_kernel_api_checks_g_shape() -> None:
@@ -99,15 +74,7 @@ def test_gpu_matches_chunk_form(case: Case) -> None:
 def test_gpu_no_recompilation_when_only_T_changes() -> None:
     from kernels.linear_recurrence.chunk import AUTOTUNED
 
-    def compiled() -> int:
-        return sum(len(cache[0]) for kernel in AUTOTUNED for cache in kernel.fn.device_caches.values())
-
-    compare(Case(T=100, K=64, V=64, B=2, H=2, dtype=BF16, gate="gla"), "cuda")
-    before = compiled()
-    for T in (1, 63, 64, 1000, 4097):
-        case = Case(T=T, K=64, V=64, B=2, H=2, dtype=BF16, gate="gla")
-        check(case, compare(case, "cuda").errors)
-    assert compiled() == before, "a new sequence length compiled new kernels: T must stay a run-time argument"
+    check_no_recompilation(AUTOTUNED, lambda T: Case(T=T, K=64, V=64, B=2, H=2, dtype=BF16, gate="gla"))
 
 
 @pytest.mark.gpu
@@ -119,16 +86,12 @@ def test_gpu_every_autotune_config(index: int, monkeypatch: pytest.MonkeyPatch) 
     the tensor-core (wgmma) paths where the miscompilations live."""
     from kernels.linear_recurrence.chunk import AUTOTUNED
 
-    for kernel, choices in AUTOTUNED.items():
-        monkeypatch.setattr(kernel, "configs", [choices[index % len(choices)]])
-        monkeypatch.setattr(kernel, "cache", {})
     cases = (
         Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, gate="gla", seed=20),
         Case(lengths=LENGTHS, K=100, V=100, H=4, dtype=BF16, gate="vector", seed=21),
         Case(T=300, K=64, V=64, B=2, H=4, dtype="float16", gate="strong", seed=22),
     )
-    for case in cases:
-        check(case, compare(case, "cuda").errors)
+    check_every_config(AUTOTUNED, index, cases, monkeypatch)
 
 
 @pytest.mark.gpu

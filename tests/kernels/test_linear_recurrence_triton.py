@@ -8,52 +8,17 @@ packed sequences, every autotune config and 64-bit offsets.
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
 from tests.kernels.cases import INTERPRETER_CASES, STEP_CASES, Case, compare
-from tests.kernels.helpers import check, check_64bit_offsets, run_interpreter
-
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and HAS_TRITON), reason="needs a CUDA device and Triton")
-
+from tests.kernels.helpers import check, check_64bit_offsets, check_every_config, check_no_recompilation, interpreter_tests, needs_cuda
 
 # --- CPU: the interpreter, in a subprocess -----------------------------------------------------------
 
-
-@pytest.fixture(scope="module")
-def interpreter_results() -> dict[str, dict[str, float]]:
-    return run_interpreter("linear_recurrence")
-
-
-@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
-@pytest.mark.xdist_group("triton_interpreter")  # one subprocess per module, not one per worker
-@pytest.mark.parametrize("case", INTERPRETER_CASES, ids=lambda c: c.name)
-def test_interpreter_matches_chunk_form(case: Case, interpreter_results: dict[str, dict[str, float]]) -> None:
-    assert case.name in interpreter_results, f"no result for {case.name}; got {sorted(interpreter_results)}"
-    check(case, interpreter_results[case.name])
-
-
-@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
-@pytest.mark.xdist_group("triton_interpreter")
-def test_interpreter_custom_op_compiles(interpreter_results: dict[str, dict[str, float]]) -> None:
-    """opcheck passed and torch.compile(fullgraph=True) gives the eager loss and gradients (see cases.compiled_vs_eager)."""
-    name = "compile-linear_recurrence"
-    assert name in interpreter_results, f"no result for {name}; got {sorted(interpreter_results)}"
-    errors = interpreter_results[name]
-    assert errors and max(errors.values()) <= 1e-6, f"compiled and eager differ: {errors}"
-
-
-@pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
-@pytest.mark.xdist_group("triton_interpreter")
-@pytest.mark.parametrize("case", [c for c in STEP_CASES if c.op == "linear_recurrence"], ids=lambda c: c.name)
-def test_interpreter_step_matches_naive(case: Case, interpreter_results: dict[str, dict[str, float]]) -> None:
-    """Decode steps of kernels.common.step.recurrent_step against the naive op over the same tokens."""
-    name = f"step-{case.name}"
-    assert name in interpreter_results, f"no result for {name}; got {sorted(interpreter_results)}"
-    check(case, interpreter_results[name])
+interpreter_results, test_interpreter_matches_chunk_form, test_interpreter_custom_op_compiles, test_interpreter_step_matches_naive = (
+    interpreter_tests("linear_recurrence", INTERPRETER_CASES, "compile-linear_recurrence", [c for c in STEP_CASES if c.op == "linear_recurrence"])
+)
 
 
 # --- GPU: compiled kernels at full sizes -------------------------------------------------------------
@@ -103,14 +68,7 @@ def test_gpu_dispatch_prefers_triton_on_cuda() -> None:
 def test_gpu_no_recompilation_when_only_T_changes() -> None:
     from kernels.linear_recurrence.chunk import AUTOTUNED
 
-    def compiled() -> int:
-        return sum(len(cache[0]) for kernel in AUTOTUNED for cache in kernel.fn.device_caches.values())
-
-    compare(Case(T=100, K=64, V=64, B=2, H=2, dtype=BF16), "cuda")
-    before = compiled()
-    for T in (1, 63, 64, 1000, 4097):
-        check(Case(T=T, K=64, V=64, B=2, H=2, dtype=BF16), compare(Case(T=T, K=64, V=64, B=2, H=2, dtype=BF16), "cuda").errors)
-    assert compiled() == before, "a new sequence length compiled new kernels: T must stay a run-time argument"
+    check_no_recompilation(AUTOTUNED, lambda T: Case(T=T, K=64, V=64, B=2, H=2, dtype=BF16))
 
 
 @pytest.mark.gpu
@@ -124,11 +82,7 @@ def test_gpu_every_autotune_config(index: int, monkeypatch: pytest.MonkeyPatch) 
     """
     from kernels.linear_recurrence.chunk import AUTOTUNED
 
-    for kernel, choices in AUTOTUNED.items():
-        monkeypatch.setattr(kernel, "configs", [choices[index % len(choices)]])
-        monkeypatch.setattr(kernel, "cache", {})
-    for case in (Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, seed=20), Case(lengths=LENGTHS, K=100, V=100, H=4, dtype=BF16, seed=21)):
-        check(case, compare(case, "cuda").errors)
+    check_every_config(AUTOTUNED, index, (Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, seed=20), Case(lengths=LENGTHS, K=100, V=100, H=4, dtype=BF16, seed=21)), monkeypatch)
 
 
 @pytest.mark.gpu
