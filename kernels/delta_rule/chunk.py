@@ -46,6 +46,7 @@ from kernels.linear_recurrence.chunk import (
     _fwd_o_kernel,
     _tile_grid,
     check_inputs,
+    head_dims_supported,
 )
 
 STATE_CHOICES = all_configs(warps=(4, 2), stages=(2, 3))
@@ -397,5 +398,5 @@ def chunk_delta_rule(
 
 def supports(q: Tensor, v: Tensor) -> bool:
     """Whether these kernels take the inputs (otherwise use the PyTorch chunk form): float32 or 16-bit
-    inputs and head dims K, V <= MAX_HEAD_DIM."""
-    return q.dtype in DTYPES and max(q.shape[-1], v.shape[-1]) <= MAX_HEAD_DIM
+    inputs and head dims K, V in [MIN_SUPPORTED_HEAD_DIM, MAX_HEAD_DIM] (see the linear recurrence's)."""
+    return q.dtype in DTYPES and head_dims_supported(q, v)

@@ -561,10 +561,22 @@ def chunk_linear_recurrence(
     return o, final_state if output_final_state else None
 
 
+# Head dims below this run in the kernel API (masked 64-wide tiles, see _block) but `supports` says no: with
+# 32-wide tiles the backward made illegal memory accesses on the H100 at K = 32 (2026-11-23), and the 64-wide
+# tiles have only run in the interpreter. Lower it to 1 once the GPU tests pass at K, V < 64.
+MIN_SUPPORTED_HEAD_DIM = 64
+
+
+def head_dims_supported(q: Tensor, v: Tensor) -> bool:
+    """MIN_SUPPORTED_HEAD_DIM <= K, V <= MAX_HEAD_DIM (shared with the delta-rule kernels)."""
+    return MIN_SUPPORTED_HEAD_DIM <= min(q.shape[-1], v.shape[-1]) and max(q.shape[-1], v.shape[-1]) <= MAX_HEAD_DIM
+
+
 def supports(q: Tensor, v: Tensor, g: Tensor | None) -> bool:
     """Whether these kernels take the inputs (otherwise use the PyTorch chunk form): float32 or 16-bit
-    inputs, head dims K, V <= MAX_HEAD_DIM, and no decay, one per (token, head) or one per key channel."""
-    return q.dtype in DTYPES and max(q.shape[-1], v.shape[-1]) <= MAX_HEAD_DIM and (g is None or g.dim() in (3, 4))
+    inputs, head dims K, V in [MIN_SUPPORTED_HEAD_DIM, MAX_HEAD_DIM], and no decay, one per (token, head)
+    or one per key channel."""
+    return q.dtype in DTYPES and head_dims_supported(q, v) and (g is None or g.dim() in (3, 4))
 
 
 def check_inputs(

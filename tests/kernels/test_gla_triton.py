@@ -29,11 +29,12 @@ def test_kernel_api_checks_g_shape() -> None:
     pytest.importorskip("triton")
     from kernels.linear_recurrence import chunk_linear_recurrence, supports
 
-    q = torch.zeros(1, 4, 2, 8)
-    v = torch.zeros(1, 4, 2, 6)
-    assert supports(q, v, torch.zeros(1, 4, 2, 8)) and supports(q, v, torch.zeros(1, 4, 2))
+    q = torch.zeros(1, 4, 2, 64)
+    v = torch.zeros(1, 4, 2, 80)
+    assert supports(q, v, torch.zeros(1, 4, 2, 64)) and supports(q, v, torch.zeros(1, 4, 2))
+    assert not supports(q[..., :32], v, None), "head dims below 64 are not GPU-verified: the chunk form takes them"
     with pytest.raises(ValueError, match=r"\(B, T, H, K\)"):
-        chunk_linear_recurrence(q, q, v, torch.zeros(1, 4, 2, 6))
+        chunk_linear_recurrence(q, q, v, torch.zeros(1, 4, 2, 80))
 
 
 # --- GPU: compiled kernels at full sizes -------------------------------------------------------------

@@ -5,8 +5,8 @@ never when `core` is imported. bfloat16 and float16 inputs go to the kernels, wi
 (B, T, H) (one decay per head: Simple GLA, RetNet, Mamba-2, and zeros for no decay) or (B, T, H, K)
 (one per key channel: GLA, through the sub-chunked kernels of kernels/linear_recurrence/vector_decay.py).
 Inputs the kernels do not take (float64, head dims above 256) go to the PyTorch chunk form instead,
-so impl=None never fails for them. Head dims below 64 go there too (MIN_HEAD_DIM says why), and so do
-float32 inputs: the kernels take them (exact fp32 dots on CUDA cores), but the backward kernel then compiles for many minutes at head dims above 64, while the
+so impl=None never fails for them; so do head dims below 64 for now (`MIN_SUPPORTED_HEAD_DIM` in
+kernels/linear_recurrence/chunk.py says why) and float32 inputs: the kernels take them (exact fp32 dots on CUDA cores), but the backward kernel then compiles for many minutes at head dims above 64, while the
 chunk form runs float32 matmuls through cuBLAS.
 """
 
@@ -24,17 +24,6 @@ def triton_available(device: torch.device) -> bool:
     return device.type == "cuda" and importlib.util.find_spec("triton") is not None
 
 
-# Head dims below this go to the chunk form: at K = 32 the kernels' backward made illegal memory accesses on
-# the H100 (Vision Mamba's shape, 2026-11-23). The kernels now tile such dims 64 wide (masked), which passes
-# in the interpreter but has not run on a GPU yet; lower this to 16 once the GPU tests pass at K, V < 64.
-MIN_HEAD_DIM = 64
-
-
-def kernels_take(q: Tensor, v: Tensor) -> bool:
-    """Whether core sends these 16-bit inputs to the kernels: float32 and head dims below MIN_HEAD_DIM go to the chunk form."""
-    return q.dtype != torch.float32 and min(q.shape[-1], v.shape[-1]) >= MIN_HEAD_DIM
-
-
 @register("linear_recurrence", "triton", priority=2, supports=triton_available)
 def triton_linear_recurrence(
     q: Tensor,  # [B, T, H, K]
@@ -48,6 +37,6 @@ def triton_linear_recurrence(
     """Same contract as `chunk_linear_recurrence`; delegates to it for inputs the kernels do not take."""
     from kernels.linear_recurrence import chunk_linear_recurrence as kernel, supports
 
-    if not supports(q, v, g) or not kernels_take(q, v):
+    if not supports(q, v, g) or q.dtype == torch.float32:
         return chunk_linear_recurrence(q, k, v, g, scale, initial_state, output_final_state)
     return kernel(q, k, v, g, scale=scale, initial_state=initial_state, output_final_state=output_final_state)
