@@ -398,5 +398,5 @@ def chunk_delta_rule(
 
 def supports(q: Tensor, v: Tensor) -> bool:
     """Whether these kernels take the inputs (otherwise use the PyTorch chunk form): float32 or 16-bit
-    inputs and head dims K, V in [MIN_SUPPORTED_HEAD_DIM, MAX_HEAD_DIM] (see the linear recurrence's)."""
+    inputs and head dims K, V up to MAX_HEAD_DIM."""
     return q.dtype in DTYPES and head_dims_supported(q, v)

@@ -349,7 +349,8 @@ AUTOTUNED = {  # every autotuned kernel with all its config choices (the GPU tes
 def _block(dim: int, cap: int) -> int:
     """Tile width for a head dimension: the next power of two, at least 64, at most `cap`. Head dims below 64
     run in masked 64-wide tiles: with 32-wide K tiles the backward kernels made illegal memory accesses on the
-    H100 (Triton 3.6; K = 32, the Vision Mamba shape), in the interpreter they were correct."""
+    H100 (Triton 3.6; K = 32, the Vision Mamba shape), in the interpreter they were correct. The 64-wide tiles
+    pass the GPU tests at K = 16 and 32 (H200, 2026-11-23)."""
     return min(max(triton.next_power_of_2(dim), 64), cap)
 
 
@@ -561,20 +562,15 @@ def chunk_linear_recurrence(
     return o, final_state if output_final_state else None
 
 
-# Head dims below this run in the kernel API (masked 64-wide tiles, see _block) but `supports` says no: with
-# 32-wide tiles the backward made illegal memory accesses on the H100 at K = 32 (2026-11-23), and the 64-wide
-# tiles have only run in the interpreter. Lower it to 1 once the GPU tests pass at K, V < 64.
-MIN_SUPPORTED_HEAD_DIM = 64
-
-
 def head_dims_supported(q: Tensor, v: Tensor) -> bool:
-    """MIN_SUPPORTED_HEAD_DIM <= K, V <= MAX_HEAD_DIM (shared with the delta-rule kernels)."""
-    return MIN_SUPPORTED_HEAD_DIM <= min(q.shape[-1], v.shape[-1]) and max(q.shape[-1], v.shape[-1]) <= MAX_HEAD_DIM
+    """K, V <= MAX_HEAD_DIM (shared with the delta-rule kernels; head dims below 64 run in masked 64-wide
+    tiles, see _block)."""
+    return max(q.shape[-1], v.shape[-1]) <= MAX_HEAD_DIM
 
 
 def supports(q: Tensor, v: Tensor, g: Tensor | None) -> bool:
     """Whether these kernels take the inputs (otherwise use the PyTorch chunk form): float32 or 16-bit
-    inputs, head dims K, V in [MIN_SUPPORTED_HEAD_DIM, MAX_HEAD_DIM], and no decay, one per (token, head)
+    inputs, head dims K, V up to MAX_HEAD_DIM, and no decay, one per (token, head)
     or one per key channel."""
     return q.dtype in DTYPES and head_dims_supported(q, v) and (g is None or g.dim() in (3, 4))
 

@@ -32,7 +32,7 @@ def test_kernel_api_checks_g_shape() -> None:
     q = torch.zeros(1, 4, 2, 64)
     v = torch.zeros(1, 4, 2, 80)
     assert supports(q, v, torch.zeros(1, 4, 2, 64)) and supports(q, v, torch.zeros(1, 4, 2))
-    assert not supports(q[..., :32], v, None), "head dims below 64 are not GPU-verified: the chunk form takes them"
+    assert supports(q[..., :16], v[..., :16], None) and not supports(torch.zeros(1, 4, 2, 257), v, None)
     with pytest.raises(ValueError, match=r"\(B, T, H, K\)"):
         chunk_linear_recurrence(q, q, v, torch.zeros(1, 4, 2, 80))
 
@@ -60,6 +60,8 @@ GPU_CASES = [
     Case(T=300, K=64, V=64, B=2, H=4, dtype=BF16, gate="gla", loss="output", state=False, seed=10),
     Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, gate="gla", via_core=True, seed=11),
     Case(lengths=LENGTHS, K=64, V=64, H=4, dtype=BF16, gate="vector", via_core=True, seed=12),
+    Case(T=197, K=32, V=32, B=8, H=4, dtype=BF16, gate="gla", seed=13),  # small head dims
+    Case(T=300, K=16, V=48, B=4, H=4, dtype=BF16, gate="strong", seed=14),
 ]
 
 

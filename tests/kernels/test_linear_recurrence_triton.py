@@ -44,6 +44,8 @@ GPU_CASES = [
     Case(T=200, K=64, V=64, B=2, H=4, dtype=BF16, gate="vector", via_core=True, seed=13),  # the GLA kernels (tests/kernels/test_gla_triton.py)
     Case(T=200, K=64, V=64, B=2, H=4, dtype="float64", via_core=True, seed=14),  # falls back to chunk
     Case(T=200, K=100, V=100, B=2, H=4, dtype="float32", via_core=True, seed=15),  # falls back to chunk
+    Case(T=197, K=32, V=32, B=8, H=4, dtype=BF16, gate="scalar_strong", seed=17),  # small head dims: Vision Mamba's shape
+    Case(T=300, K=16, V=48, B=4, H=4, dtype=BF16, seed=18),
 ]
 
 

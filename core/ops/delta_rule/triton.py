@@ -2,7 +2,7 @@
 
 Used on CUDA devices when Triton is installed. `kernels` (and so Triton) is imported on first use,
 never when `core` is imported. Inputs the kernels do not take (float64, head dims above 256) go to
-the PyTorch chunk form instead, so impl=None never fails for them; so do head dims below 64 for now (`supports`) and float32 inputs, for the
+the PyTorch chunk form instead, so impl=None never fails for them; so do float32 inputs, for the
 reason given in `core/ops/linear_recurrence/triton.py` (exact-fp32 kernels compile for minutes;
 cuBLAS runs the chunk form's float32 matmuls well). bfloat16 and float16 go to the kernels.
 """

@@ -5,8 +5,7 @@ never when `core` is imported. bfloat16 and float16 inputs go to the kernels, wi
 (B, T, H) (one decay per head: Simple GLA, RetNet, Mamba-2, and zeros for no decay) or (B, T, H, K)
 (one per key channel: GLA, through the sub-chunked kernels of kernels/linear_recurrence/vector_decay.py).
 Inputs the kernels do not take (float64, head dims above 256) go to the PyTorch chunk form instead,
-so impl=None never fails for them; so do head dims below 64 for now (`MIN_SUPPORTED_HEAD_DIM` in
-kernels/linear_recurrence/chunk.py says why) and float32 inputs: the kernels take them (exact fp32 dots on CUDA cores), but the backward kernel then compiles for many minutes at head dims above 64, while the
+so impl=None never fails for them; so do float32 inputs: the kernels take them (exact fp32 dots on CUDA cores), but the backward kernel then compiles for many minutes at head dims above 64, while the
 chunk form runs float32 matmuls through cuBLAS.
 """
 
