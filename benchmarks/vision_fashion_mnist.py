@@ -128,7 +128,7 @@ def main() -> None:
             "wall_seconds": round(time.perf_counter() - started), "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(info, indent=2) + "\n")
-    header = f"{info['benchmark']}; {device}; torch {info['versions']['torch']}; {info['date']}; {args.parallel} models at once, {info['wall_seconds']} s wall"
+    header = f"{info['benchmark']}; {device}; torch {info['versions']['torch']}; {info['date']}; {min(args.parallel, len(args.models))} models at once, {info['wall_seconds']} s wall"
     (RESULTS / f"{args.out}.md").write_text(f"{header}\n\n{text}\n")
     if failed:
         raise SystemExit(f"failed runs: {', '.join(failed)}")
