@@ -12,6 +12,16 @@ Reverse-complement (RC) handling, `rc=`:
 - "conjoin" (Caduceus-Ph): trained on one strand (use data.rc_augment=true); at evaluation and prediction the
   outputs on both strands are averaged as in "shared".
 
+How the heads join the two strands, `rc_head=` (with rc="shared"):
+- "average" (Caduceus): the head runs on each strand's features and the two outputs are averaged, so the outputs are
+  RC-invariant / equivariant as above.
+- "concat": the head reads both strands' features side by side (2 * d_model inputs). Equal to adding, to the
+  strand-even features f + r of "average", the strand-odd f - r, which flips sign on the reverse complement (the
+  odd representation of Mallet & Vert 2021): the backbone stays RC-equivariant and shares its weights, and the head
+  can tell the strands apart. The output on the reverse complement is then the output with the strands swapped,
+  not the same output. For labels that depend on orientation, such as promoter-proximal vs distal upstream
+  sequences read in the gene's direction.
+
 Heads, `head=`: "bases" (B, T, 4) logits of A, C, G, T at every position (language models); "sequence"
 (B, num_classes) from mean-pooled features; "per_base" (B, T, num_classes).
 """
@@ -27,6 +37,7 @@ import core
 from apps.genomics import tokenizer
 
 RC_MODES = ("none", "shared", "conjoin")
+RC_HEADS = ("average", "concat")
 HEADS = ("bases", "sequence", "per_base")
 COMPLEMENT_BASES = [tokenizer.T, tokenizer.G, tokenizer.C, tokenizer.A]  # logit of base b on the other strand
 
@@ -41,6 +52,7 @@ class DNAModel(nn.Module):
         bidirectional: wrap causal mixers in core's Bidirectional (needed for masked LM and classification with
             causal mixers; off for next-base prediction).
         rc: "none", "shared" or "conjoin" (module docstring).
+        rc_head: "average" or "concat": how the head joins the two strands when rc="shared" (module docstring).
         head: "bases", "sequence" or "per_base"; num_classes: classes of the last two.
         dropout: on the features before the head.
     """
@@ -54,6 +66,7 @@ class DNAModel(nn.Module):
         mlp_expand: float = 2.0,
         bidirectional: bool = True,
         rc: str = "none",
+        rc_head: str = "average",
         head: str = "bases",
         num_classes: int = 2,
         dropout: float = 0.0,
@@ -63,14 +76,18 @@ class DNAModel(nn.Module):
             raise ValueError(f"model.rc={rc!r} is not one of {', '.join(RC_MODES)}")
         if head not in HEADS:
             raise ValueError(f"model.head={head!r} is not one of {', '.join(HEADS)}")
-        self.rc, self.head_kind = rc, head
+        if rc_head not in RC_HEADS:
+            raise ValueError(f"model.rc_head={rc_head!r} is not one of {', '.join(RC_HEADS)}")
+        if rc_head == "concat" and rc != "shared":
+            raise ValueError(f"model.rc_head=concat reads both strands in training and needs model.rc=shared, not {rc!r}")
+        self.rc, self.head_kind, self.concat = rc, head, rc_head == "concat"
         self.embedding = nn.Embedding(tokenizer.VOCAB_SIZE, d_model)
         self.backbone = core.Backbone(
             d_model, depth, layers=layers, mixer_options={mixer["name"]: dict(mixer.get("options") or {})},
             mlp_expand=mlp_expand, bidirectional=bidirectional,
         )
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(d_model, tokenizer.NUM_BASES if head == "bases" else num_classes)
+        self.head = nn.Linear(d_model * (2 if self.concat else 1), tokenizer.NUM_BASES if head == "bases" else num_classes)
 
     @property
     def causal(self) -> bool:
@@ -96,6 +113,9 @@ class DNAModel(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         forward, reverse = self.strand_features(tokens)
+        if self.concat:
+            both = torch.cat([forward, reverse], -1)
+            return self.head(self.dropout(both.mean(1) if self.head_kind == "sequence" else both))
         if self.head_kind == "sequence":
             logits = self.head(self.dropout(forward.mean(1)))
             return logits if reverse is None else (logits + self.head(self.dropout(reverse.mean(1)))) / 2
