@@ -7,15 +7,22 @@ mixers and behaviour cloning, 3 seeds each, scored by rollouts in gymnasium's v5
 Every (data set, model, seed) is one `python -m apps.rl train` process; --parallel of them share the GPU
 (the networks are small, so several processes keep it busy). The budget (the BUDGET overrides and --train-time)
 is set so that 48 trainings fit in about 8 minutes on one H100 with 16 CPU cores: whole episodes as
-training windows (data.context=null, what recurrent inference sees), 3 epochs of 250 batches (16 episodes of
-HalfCheetah, 32 of Hopper) cut at --train-time (80 s) of training, 5 validation episodes after every epoch,
+training windows (data.context=null, what recurrent inference sees), --epochs (3) of 250 batches (16 episodes
+of HalfCheetah, 32 of Hopper) cut at --train-time (80 s) of training, 5 validation episodes after every epoch,
 10 test episodes of the best checkpoint, each a batch of environments stepped together, one target return
-per data set. Estimated, not yet measured on the H100: about 150 s per HalfCheetah run (startup, training,
-4 x 1000-step rollouts), less per Hopper run; 16 at a time, HalfCheetah first, three waves.
+per data set. Measured on the H100 (session 2): 380 s wall, 65-126 s per run, 55-620 training steps per run:
+far fewer than Decision Transformers are usually trained for, so longer budgets (--train-time with --epochs)
+should raise every score.
 Then, with the halfcheetah-medium checkpoints of seed 0 (1000-step episodes), `rollout` measures the
 policy's latency per environment step: recurrent state (Mamba-2, Gated DeltaNet), attention's KV cache, and
 the original Decision Transformer evaluation that re-runs the whole context at every step (`window`).
 Prints the tables and writes benchmarks/results/<out>.{json,md} with device, versions and date.
+A benchmark too long for one machine's session runs in parts, `--datasets` split between them:
+
+    python -m benchmarks.rl_d4rl --datasets halfcheetah-medium halfcheetah-medium_replay --train-time 360 --epochs 12 --out rl_part1
+    python -m benchmarks.rl_d4rl --datasets hopper-medium hopper-medium_replay --train-time 360 --epochs 12 --merge benchmarks/results/rl_part1.json
+
+`--merge` adds the earlier parts' runs (and their latency table, if this part has none) to the tables.
 """
 from __future__ import annotations
 
@@ -47,7 +54,7 @@ DATASETS = {
     "hopper-medium_replay": ["data.targets=[750]", "data.batch_size=32"],
 }
 BUDGET = [
-    "data.context=null", "data.batches_per_epoch=250", "trainer.max_epochs=3",
+    "data.context=null", "data.batches_per_epoch=250",
     "task.val_episodes=5", "task.test_episodes=10",
     "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
 ]
@@ -60,9 +67,14 @@ LATENCY = {  # (model, inference): the halfcheetah-medium seed-0 checkpoint it i
 RESULTS = Path(__file__).parent / "results"
 
 
+def max_time(seconds: int) -> str:
+    """Lightning's DD:HH:MM:SS for a number of seconds."""
+    return f"{seconds // 86400:02d}:{seconds % 86400 // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
 def train_command(dataset: str, model: str, seed: int, run_dir: Path, args: argparse.Namespace) -> list[str]:
     return [sys.executable, "-m", "apps.rl", "train", f"data={dataset}", *MODELS[model], *DATASETS[dataset], *BUDGET,
-            f"seed={seed}", f"task.rollout_seed={seed * 100}", f"trainer.max_time=00:00:{args.train_time // 60:02d}:{args.train_time % 60:02d}",
+            f"trainer.max_epochs={args.epochs}", f"seed={seed}", f"task.rollout_seed={seed * 100}", f"trainer.max_time={max_time(args.train_time)}",
             f"paths.runs={args.runs_dir}", f"hydra.run.dir={run_dir}", *args.overrides]
 
 
@@ -84,6 +96,13 @@ def training_rows(runs_dir: Path, datasets: list[str], models: list[str], seeds:
                              "score_best_val": metrics.get("test/score_best", float("nan")),
                              "data_score": metrics["test/data_score"], "validated_steps": steps, "seconds": record["seconds"]})
     return pd.DataFrame(rows)
+
+
+def merge_runs(rows: pd.DataFrame, earlier: list[dict]) -> pd.DataFrame:
+    """This run's rows plus the "runs" of earlier results (JSON dicts written by this script, e.g. the other data sets
+    trained on another machine); where both have a (dataset, model, seed), this run's row is kept."""
+    merged = pd.concat([pd.DataFrame(e["runs"]) for e in earlier] + [rows], ignore_index=True)
+    return merged.drop_duplicates(["dataset", "model", "seed"], keep="last").reset_index(drop=True)
 
 
 def score_table(rows: pd.DataFrame, column: str) -> str:
@@ -122,11 +141,15 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--parallel", type=int, default=16, help="trainings at the same time")
     parser.add_argument("--train-time", type=int, default=80, help="seconds of training per run at most (trainer.max_time)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of 250 batches per run at most (trainer.max_epochs)")
     parser.add_argument("--latency-dataset", default="halfcheetah-medium", help="whose seed-0 checkpoints time the policies")
     parser.add_argument("--out", default="rl_d4rl", help="file stem of the results under benchmarks/results")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/benchmarks/rl_d4rl"))
+    parser.add_argument("--merge", nargs="+", type=Path, default=[],
+                        help="JSON results of earlier runs (other data sets or seeds, e.g. from another machine) whose runs join the tables")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every training, e.g. trainer.accelerator=cpu")
     args = parser.parse_args()
+    earlier = [json.loads(path.read_text()) for path in args.merge]  # read first: a bad path fails before any training
     accelerator = ["trainer.accelerator=gpu"] if torch.cuda.is_available() else ["trainer.accelerator=cpu"]
     args.overrides = accelerator + args.overrides
     args.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -139,7 +162,8 @@ def main() -> None:
                 jobs[f"{dataset}_{model}_seed{seed}"] = train_command(dataset, model, seed, run_dir, args)
     failed = run_parallel(jobs, args.runs_dir, args.parallel, threads=1, keep_going=True)  # one failure loses no other run
     trained_seconds = time.perf_counter() - started
-    rows = training_rows(args.runs_dir, args.datasets, args.models, args.seeds)
+    trained = training_rows(args.runs_dir, args.datasets, args.models, args.seeds)
+    rows = merge_runs(trained, earlier)
 
     latency_dataset, latency_seed = args.latency_dataset, args.seeds[0]
     latency_labels = [label for label, (model, _) in LATENCY.items() if model in args.models and latency_dataset in args.datasets]
@@ -154,7 +178,7 @@ def main() -> None:
             sys.executable, "-m", "apps.rl", "rollout", f"ckpt_path={checkpoint}", f"task.inference={inference}",
             f"paths.runs={args.runs_dir}", f"hydra.run.dir={out_dir}", *accelerator]
     failed += run_parallel(latency_jobs, args.runs_dir, max(len(latency_jobs), 1), threads=1, keep_going=True)
-    latency = latency_rows(args.runs_dir, latency_labels)
+    latency = latency_rows(args.runs_dir, latency_labels) or next((e["latency"] for e in earlier if e.get("latency")), [])
 
     text = "\n\n".join([
         "Normalised score (D4RL reference returns; mean ± std over seeds) of the best checkpoint (by validation rollouts) "
@@ -166,16 +190,18 @@ def main() -> None:
         f"Training steps at the last validation: {rows['validated_steps'].min()}..{rows['validated_steps'].max()} "
         f"(mean {rows['validated_steps'].mean():.0f}); "
         f"seconds per run {rows['seconds'].min():.0f}..{rows['seconds'].max():.0f}; wall {time.perf_counter() - started:.0f} s "
-        f"({trained_seconds:.0f} s for the {len(rows)} trainings, {args.parallel} at a time).",
+        f"({trained_seconds:.0f} s for this run's {len(trained)} trainings, {args.parallel} at a time)"
+        + "".join(f"; merged: {len(e['runs'])} runs of {e['date']} on {e['device']}" for e in earlier) + ".",
     ])
     print(text)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     versions = {name: importlib.metadata.version(name) for name in ("torch", "gymnasium", "mujoco", "stable-baselines3", "lightning")}
     info = {"benchmark": "offline RL on D4RL-style MuJoCo v5 data sets (../shared/data/rl), normalised scores",
             "device": device, "cpu_count": os.cpu_count(), "date": datetime.date.today().isoformat(), "versions": versions,
-            "budget": BUDGET + [f"trainer.max_time={args.train_time}s", f"parallel={args.parallel}"], "datasets": DATASETS,
+            "budget": BUDGET + [f"trainer.max_epochs={args.epochs}", f"trainer.max_time={args.train_time}s", f"parallel={args.parallel}"], "datasets": DATASETS,
             "overrides": args.overrides, "wall_seconds": round(time.perf_counter() - started), "runs": rows.to_dict("records"),
-            "latency": latency, "failed": failed}
+            "latency": latency, "failed": failed,
+            "merged": [{"path": str(path), "device": e["device"], "date": e["date"], "runs": len(e["runs"])} for path, e in zip(args.merge, earlier)]}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(info, indent=1, default=float) + "\n")
     header = f"{info['benchmark']}; {device}; " + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; {info['date']}"

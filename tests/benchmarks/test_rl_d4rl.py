@@ -1,0 +1,33 @@
+"""The offline RL benchmark's pure parts: training commands, merging parts run on different machines, tables."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.rl_d4rl import max_time, merge_runs, score_table, train_command
+
+
+def run(dataset: str, model: str, seed: int, score: float) -> dict:
+    return {"dataset": dataset, "model": model, "seed": seed, "score": score, "score_last": score, "score_best_val": score,
+            "data_score": 20.0, "validated_steps": 100, "seconds": 60.0}
+
+
+def test_train_command_sets_the_epoch_and_time_budget():
+    args = argparse.Namespace(epochs=12, train_time=3725, runs_dir=Path("runs"), overrides=["trainer.accelerator=cpu"])
+    command = train_command("hopper-medium", "bc", 1, Path("runs/x"), args)
+    assert "trainer.max_epochs=12" in command and "trainer.max_time=00:01:02:05" in command
+    assert command[-1] == "trainer.accelerator=cpu" and "model=bc" in command and "seed=1" in command
+    assert max_time(80) == "00:00:01:20"
+
+
+def test_merge_keeps_earlier_parts_and_prefers_this_run():
+    earlier = {"runs": [run("halfcheetah-medium", "bc", 0, 30.0), run("hopper-medium", "bc", 0, 10.0)]}
+    this = pd.DataFrame([run("hopper-medium", "bc", 0, 19.0), run("hopper-medium", "bc", 1, 21.0)])
+    merged = merge_runs(this, [earlier])
+    assert len(merged) == 3
+    hopper = merged[merged["dataset"] == "hopper-medium"].set_index("seed")["score"]
+    assert hopper.to_dict() == {0: 19.0, 1: 21.0}  # this run's seed 0 replaces the earlier one
+    table = score_table(merged, "score")
+    assert "| bc | 30.0 ± nan | 20.0 ± 1.4 | **25.0** |" in table and "halfcheetah-medium | hopper-medium" in table
