@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Mapping
@@ -13,8 +14,9 @@ def run_parallel(jobs: Mapping[str, list[str]], logs: Path, parallel: int, threa
     """Run {name: command} in order, at most `parallel` at a time, each writing stdout and stderr to logs/<name>.log.
 
     threads: OMP_NUM_THREADS / MKL_NUM_THREADS of every process (None: inherited), so that processes sharing a
-    machine do not each start a thread per core. A failing process stops the others and raises SystemExit naming
-    its log, unless `keep_going`; then the names of the failed jobs are returned (empty when all succeeded).
+    machine do not each start a thread per core. A failing process gets its exit status (or the signal that
+    killed it) appended to its log; it stops the others and raises SystemExit naming its log, unless `keep_going`;
+    then the names of the failed jobs are returned (empty when all succeeded).
     """
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ) if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -31,8 +33,19 @@ def run_parallel(jobs: Mapping[str, list[str]], logs: Path, parallel: int, threa
             running.remove((name, process))
             if process.returncode:
                 failed.append(name)
+                reason = exit_reason(process.returncode)
+                with open(logs / f"{name}.log", "a") as log:
+                    log.write(f"\n[run_parallel] {name} failed: {reason}\n")
                 if not keep_going:
                     for _, other in running:
                         other.terminate()
-                    raise SystemExit(f"{name} failed (exit {process.returncode}); see {logs / (name + '.log')}")
+                    raise SystemExit(f"{name} failed ({reason}); see {logs / (name + '.log')}")
     return failed
+
+
+def exit_reason(returncode: int) -> str:
+    """'exit N', or the signal that ended the process (a negative return code), e.g. the out-of-memory killer's."""
+    if returncode > 0:
+        return f"exit {returncode}"
+    name = signal.Signals(-returncode).name
+    return f"killed by {name}" + (" (the kernel's out-of-memory killer sends it: too many processes for the memory?)" if name == "SIGKILL" else "")

@@ -23,3 +23,10 @@ def test_a_failure_stops_the_others_or_is_returned(tmp_path):
         run_parallel(jobs, tmp_path, parallel=2)
     jobs = {"bad": python("raise SystemExit(3)"), "good": python("pass")}
     assert run_parallel(jobs, tmp_path, parallel=1, keep_going=True) == ["bad"]
+    assert (tmp_path / "bad.log").read_text().endswith("[run_parallel] bad failed: exit 3\n")
+
+
+def test_a_killed_job_says_by_which_signal(tmp_path):
+    jobs = {"killed": python("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")}
+    assert run_parallel(jobs, tmp_path, parallel=1, keep_going=True) == ["killed"]
+    assert "failed: killed by SIGKILL (the kernel's out-of-memory killer" in (tmp_path / "killed.log").read_text()
