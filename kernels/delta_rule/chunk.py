@@ -32,22 +32,10 @@ from torch import Tensor
 
 from kernels.common.chunks import ChunkLayout, chunk_layout, sequence_coords
 from kernels.common.config import all_configs, configs
-from kernels.delta_rule.wy import WY_CHOICES, _wy_bwd_kernel, _wy_fwd_kernel
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
-from kernels.linear_recurrence.chunk import (
-    CHUNK_SIZE,
-    KEY,
-    DTYPES,
-    MAX_HEAD_DIM,
-    _block,
-    _bwd_dqk_kernel,
-    _bwd_dv_kernel,
-    _common,
-    _fwd_o_kernel,
-    _tile_grid,
-    check_inputs,
-    head_dims_supported,
-)
+from kernels.delta_rule.wy import WY_CHOICES, _wy_bwd_kernel, _wy_fwd_kernel
+from kernels.linear_recurrence.chunk import CHUNK_SIZE, DTYPES, MAX_HEAD_DIM, _block, _common, _tile_grid, check_inputs, head_dims_supported
+from kernels.linear_recurrence.passes import KEY, _bwd_dqk_kernel, _bwd_dv_kernel, _fwd_o_kernel
 
 STATE_CHOICES = all_configs(warps=(4, 2), stages=(2, 3))
 

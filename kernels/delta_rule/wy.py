@@ -10,7 +10,7 @@ import triton.language as tl
 
 from kernels.common.chunks import chunk_coords
 from kernels.common.config import all_configs, configs
-from kernels.linear_recurrence.chunk import KEY
+from kernels.linear_recurrence.passes import KEY
 
 WY_CHOICES = all_configs(warps=(4, 8), stages=(2, 3))
 

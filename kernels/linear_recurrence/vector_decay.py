@@ -13,7 +13,7 @@ The sub-chunk dots take fp32 operands (tf32 for 16-bit inputs, ieee for float32)
 of the decayed operands would add to the outputs' error and, through q * dq - k * dk, to dg's.
 Gates are float32 in log2 units (exp2); every exponent is masked to -inf (or made <= 0) before exp2,
 so nothing overflows for any finite g. The state pass, the output pass and dv are the kernels of
-chunk.py with their per-channel flag (G_PER_K); the launchers are in chunk.py. Layouts as in
+passes.py with their per-channel flag (G_PER_K); the launchers are in chunk.py. Layouts as in
 chunk.py; A and the intra-chunk parts of dq and dk are float32 (A is (B, T, H, BT): row r of a chunk
 holds A_r. over the chunk's columns, zero above the diagonal and past the sequence's end).
 """
@@ -88,7 +88,7 @@ def _intra_grad_kernel(
     """Intra-chunk parts (fp32) of dq for the rows of sub-chunk I as queries, and of dk for them as keys:
     dq_r = sum_{j <= r} dA_rj k_j exp(gamma_r - gamma_j), dk_j = sum_{r >= j} dA_rj q_r exp(gamma_r - gamma_j),
     with dA = scale dO V^T. The score gradients of I's rows, dA[I, :] = dO_I V^T and dA^T[I, :] = V_I dO^T,
-    are two dots (never a transposed dot result: see chunk._bwd_dv_kernel)."""
+    are two dots (never a transposed dot result: see passes._bwd_dv_kernel)."""
     i_ki, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_k, i_i = i_ki // (BT // BC), i_ki % (BT // BC)
     i_b, i_h = i_bh // H, i_bh % H

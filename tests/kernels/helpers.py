@@ -84,6 +84,19 @@ def interpreter_tests(group: str, cases: Sequence[Case], compile_name: str, step
     return (*tests, test_interpreter_step_matches_naive) if step_cases else tests
 
 
+def gpu_matches_chunk_form(cases: Sequence[Case]) -> Callable:
+    """A kernel test module's GPU comparison test, for it to bind to a module-level name: each case run compiled
+    on CUDA against the float64 chunk form (`-m gpu`; skipped without a CUDA device)."""
+
+    @pytest.mark.gpu
+    @needs_cuda
+    @pytest.mark.parametrize("case", cases, ids=lambda c: c.name)
+    def test_gpu_matches_chunk_form(case: Case) -> None:
+        check(case, compare(case, "cuda").errors)
+
+    return test_gpu_matches_chunk_form
+
+
 def check_no_recompilation(autotuned: Mapping, case_at: Callable[[int], Case]) -> None:
     """After a first run, the cases `case_at(T)` at other lengths are correct and compile nothing new:
     T stays a run-time argument of every kernel in `autotuned`."""

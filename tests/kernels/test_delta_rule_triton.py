@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels.cases import DELTA, DELTA_INTERPRETER_CASES, STEP_CASES, Case, compare, compare_step, make_inputs
-from tests.kernels.helpers import check, check_every_config, check_no_recompilation, interpreter_tests, needs_cuda
+from tests.kernels.cases import DELTA, DELTA_INTERPRETER_CASES, STEP_CASES, Case, compare_step, make_inputs
+from tests.kernels.helpers import check, check_every_config, check_no_recompilation, gpu_matches_chunk_form, interpreter_tests, needs_cuda
 
 # --- CPU: the interpreter, in a subprocess -----------------------------------------------------------
 
@@ -52,11 +52,7 @@ GPU_CASES = [
 ]
 
 
-@pytest.mark.gpu
-@needs_cuda
-@pytest.mark.parametrize("case", SWEEP + GPU_CASES, ids=lambda c: c.name)
-def test_gpu_matches_chunk_form(case: Case) -> None:
-    check(case, compare(case, "cuda").errors)
+test_gpu_matches_chunk_form = gpu_matches_chunk_form(SWEEP + GPU_CASES)
 
 
 @pytest.mark.gpu
@@ -82,7 +78,7 @@ def test_gpu_no_recompilation_when_only_T_changes() -> None:
 def test_gpu_every_autotune_config(index: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each (num_warps, num_stages) choice the autotuner may pick gives correct results, gated and not."""
     from kernels.delta_rule.chunk import AUTOTUNED
-    from kernels.linear_recurrence.chunk import AUTOTUNED as SHARED  # the output and score-gradient kernels
+    from kernels.linear_recurrence.passes import AUTOTUNED as SHARED  # the output and score-gradient kernels
 
     cases = (
         Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, op=DELTA, seed=20),

@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels.cases import GLA, GLA_INTERPRETER_CASES, Case, compare
-from tests.kernels.helpers import check, check_64bit_offsets, check_every_config, check_no_recompilation, interpreter_tests, needs_cuda
+from tests.kernels.cases import GLA, GLA_INTERPRETER_CASES, Case
+from tests.kernels.helpers import check_64bit_offsets, check_every_config, check_no_recompilation, gpu_matches_chunk_form, interpreter_tests, needs_cuda
 
 # --- CPU: the interpreter, in a subprocess (opcheck and torch.compile with g of shape (B, T, H, K) too) -------
 
@@ -65,17 +65,13 @@ GPU_CASES = [
 ]
 
 
-@pytest.mark.gpu
-@needs_cuda
-@pytest.mark.parametrize("case", SWEEP + GPU_CASES, ids=lambda c: c.name)
-def test_gpu_matches_chunk_form(case: Case) -> None:
-    check(case, compare(case, "cuda").errors)
+test_gpu_matches_chunk_form = gpu_matches_chunk_form(SWEEP + GPU_CASES)
 
 
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_no_recompilation_when_only_T_changes() -> None:
-    from kernels.linear_recurrence.chunk import AUTOTUNED
+    from kernels.linear_recurrence.passes import AUTOTUNED
 
     check_no_recompilation(AUTOTUNED, lambda T: Case(T=T, K=64, V=64, B=2, H=2, dtype=BF16, gate="gla"))
 
@@ -87,7 +83,7 @@ def test_gpu_every_autotune_config(index: int, monkeypatch: pytest.MonkeyPatch) 
     """Each (num_warps, num_stages) choice of every kernel the per-channel decay runs (the shared ones with
     G_PER_K and vector_decay.py's) gives correct results: Triton miscompiles some on Hopper. 16-bit inputs:
     the tensor-core (wgmma) paths where the miscompilations live."""
-    from kernels.linear_recurrence.chunk import AUTOTUNED
+    from kernels.linear_recurrence.passes import AUTOTUNED
 
     cases = (
         Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, gate="gla", seed=20),

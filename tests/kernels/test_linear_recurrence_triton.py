@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels.cases import INTERPRETER_CASES, STEP_CASES, Case, compare
-from tests.kernels.helpers import check, check_64bit_offsets, check_every_config, check_no_recompilation, interpreter_tests, needs_cuda
+from tests.kernels.cases import INTERPRETER_CASES, STEP_CASES, Case
+from tests.kernels.helpers import check_64bit_offsets, check_every_config, check_no_recompilation, gpu_matches_chunk_form, interpreter_tests, needs_cuda
 
 # --- CPU: the interpreter, in a subprocess -----------------------------------------------------------
 
@@ -49,11 +49,7 @@ GPU_CASES = [
 ]
 
 
-@pytest.mark.gpu
-@needs_cuda
-@pytest.mark.parametrize("case", SWEEP + GPU_CASES, ids=lambda c: c.name)
-def test_gpu_matches_chunk_form(case: Case) -> None:
-    check(case, compare(case, "cuda").errors)
+test_gpu_matches_chunk_form = gpu_matches_chunk_form(SWEEP + GPU_CASES)
 
 
 @pytest.mark.gpu
@@ -68,7 +64,7 @@ def test_gpu_dispatch_prefers_triton_on_cuda() -> None:
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_no_recompilation_when_only_T_changes() -> None:
-    from kernels.linear_recurrence.chunk import AUTOTUNED
+    from kernels.linear_recurrence.passes import AUTOTUNED
 
     check_no_recompilation(AUTOTUNED, lambda T: Case(T=T, K=64, V=64, B=2, H=2, dtype=BF16))
 
@@ -82,7 +78,7 @@ def test_gpu_every_autotune_config(index: int, monkeypatch: pytest.MonkeyPatch) 
     16-bit inputs only: they take the tensor-core (wgmma) paths where the miscompilations live; float32
     runs exact fp32 dots, whose backward kernel compiles for minutes per config at head dims above 64.
     """
-    from kernels.linear_recurrence.chunk import AUTOTUNED
+    from kernels.linear_recurrence.passes import AUTOTUNED
 
     check_every_config(AUTOTUNED, index, (Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, seed=20), Case(lengths=LENGTHS, K=100, V=100, H=4, dtype=BF16, seed=21)), monkeypatch)
 
