@@ -37,7 +37,7 @@ from pathlib import Path
 import lightning
 import torch
 
-from benchmarks.parallel import run_parallel
+from benchmarks.parallel import max_time, run_parallel
 
 # the data directory, resolved here so that the table's runs name the files they read
 DATA_GENOMICS = Path(os.environ.get("SEQMIX_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")) / "genomics"
@@ -67,9 +67,8 @@ def budget(steps: int, minutes: float, batches_per_epoch: int) -> list[str]:
     """Trainer overrides for `steps` optimizer steps (validation and checkpoints every `batches_per_epoch`) or
     `minutes`, whichever ends first; no early stopping, so every model gets the same budget."""
     epochs = max(1, -(-steps // batches_per_epoch))
-    seconds = int(minutes * 60)
     return [f"trainer.max_steps={steps}", f"trainer.max_epochs={epochs}", f"data.train_batches={min(steps, batches_per_epoch)}",
-            f"trainer.max_time=00:00:{seconds // 60:02d}:{seconds % 60:02d}", "~callbacks.early_stopping",
+            f"trainer.max_time={max_time(round(minutes * 60))}", "~callbacks.early_stopping",
             "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", "data.batch_size=64", "data.val_windows=512"]
 
 

@@ -43,6 +43,11 @@ def run_parallel(jobs: Mapping[str, list[str]], logs: Path, parallel: int, threa
     return failed
 
 
+def max_time(seconds: int) -> str:
+    """Lightning's trainer.max_time, DD:HH:MM:SS, for a number of seconds (the benchmarks' time caps)."""
+    return f"{seconds // 86400:02d}:{seconds % 86400 // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
 def exit_reason(returncode: int) -> str:
     """'exit N', or the signal that ended the process (a negative return code), e.g. the out-of-memory killer's."""
     if returncode > 0:

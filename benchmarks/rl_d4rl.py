@@ -38,7 +38,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from benchmarks.parallel import run_parallel
+from benchmarks.parallel import max_time, run_parallel
 
 MODELS = {
     "dt_attention": ["model/mixer=attention"],
@@ -65,11 +65,6 @@ LATENCY = {  # (model, inference): the halfcheetah-medium seed-0 checkpoint it i
     "dt_attention (window: whole context every step)": ("dt_attention", "window"),
 }
 RESULTS = Path(__file__).parent / "results"
-
-
-def max_time(seconds: int) -> str:
-    """Lightning's DD:HH:MM:SS for a number of seconds."""
-    return f"{seconds // 86400:02d}:{seconds % 86400 // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def train_command(dataset: str, model: str, seed: int, run_dir: Path, args: argparse.Namespace) -> list[str]:

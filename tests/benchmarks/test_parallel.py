@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from benchmarks.parallel import run_parallel
+from benchmarks.parallel import max_time, run_parallel
 
 
 def python(code: str) -> list[str]:
@@ -30,3 +30,7 @@ def test_a_killed_job_says_by_which_signal(tmp_path):
     jobs = {"killed": python("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")}
     assert run_parallel(jobs, tmp_path, parallel=1, keep_going=True) == ["killed"]
     assert "failed: killed by SIGKILL (the kernel's out-of-memory killer" in (tmp_path / "killed.log").read_text()
+
+
+def test_max_time_is_lightnings_days_hours_minutes_seconds():
+    assert max_time(80) == "00:00:01:20" and max_time(90061) == "01:01:01:01"

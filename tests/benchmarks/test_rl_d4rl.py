@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.rl_d4rl import max_time, merge_runs, score_table, train_command
+from benchmarks.rl_d4rl import merge_runs, score_table, train_command
 
 
 def run(dataset: str, model: str, seed: int, score: float) -> dict:
@@ -19,7 +19,6 @@ def test_train_command_sets_the_epoch_and_time_budget():
     command = train_command("hopper-medium", "bc", 1, Path("runs/x"), args)
     assert "trainer.max_epochs=12" in command and "trainer.max_time=00:01:02:05" in command
     assert command[-1] == "trainer.accelerator=cpu" and "model=bc" in command and "seed=1" in command
-    assert max_time(80) == "00:00:01:20"
 
 
 def test_merge_keeps_earlier_parts_and_prefers_this_run():
