@@ -17,12 +17,15 @@ Then, with the halfcheetah-medium checkpoints of seed 0 (1000-step episodes), `r
 policy's latency per environment step: recurrent state (Mamba-2, Gated DeltaNet), attention's KV cache, and
 the original Decision Transformer evaluation that re-runs the whole context at every step (`window`).
 Prints the tables and writes benchmarks/results/<out>.{json,md} with device, versions and date.
-A benchmark too long for one machine's session runs in parts, `--datasets` split between them:
+A benchmark too long for one machine's session runs in parts, `--datasets` split between them; the committed
+results are these two (hopper on an H100, HalfCheetah on an H200: 24 HalfCheetah trainings at once need more
+than an H100's 80 GB), 251-1462 training steps per run:
 
-    python -m benchmarks.rl_d4rl --datasets halfcheetah-medium halfcheetah-medium_replay --train-time 360 --epochs 12 --out rl_part1
-    python -m benchmarks.rl_d4rl --datasets hopper-medium hopper-medium_replay --train-time 360 --epochs 12 --merge benchmarks/results/rl_part1.json
+    python -m benchmarks.rl_d4rl --datasets hopper-medium hopper-medium_replay --parallel 24 --train-time 330 --epochs 20 --out rl_part1
+    python -m benchmarks.rl_d4rl --datasets halfcheetah-medium halfcheetah-medium_replay --parallel 24 --train-time 330 --epochs 20 --merge benchmarks/results/rl_part1.json
 
-`--merge` adds the earlier parts' runs (and their latency table, if this part has none) to the tables.
+`--merge` adds the earlier parts' runs (and their latency table, if this part has none) to the tables, and their
+failed runs to the list of failures unless this part ran them.
 """
 from __future__ import annotations
 
@@ -100,13 +103,23 @@ def merge_runs(rows: pd.DataFrame, earlier: list[dict]) -> pd.DataFrame:
     return merged.drop_duplicates(["dataset", "model", "seed"], keep="last").reset_index(drop=True)
 
 
+def failed_runs(failed: list[str], earlier: list[dict], rows: pd.DataFrame) -> list[str]:
+    """This run's failed jobs and the earlier parts', less those whose (dataset, model, seed) has a row now."""
+    present = {f"{r.dataset}_{r.model}_seed{r.seed}" for r in rows.itertuples()}
+    names = failed + [name for e in earlier for name in e.get("failed", [])]
+    return [name for name in dict.fromkeys(names) if name not in present]
+
+
 def score_table(rows: pd.DataFrame, column: str) -> str:
-    """Models x data sets, mean ± std over seeds of `column`, and the data set's own mean score."""
+    """Models x data sets, mean ± std over seeds of `column`, and the data set's own mean score. A cell with
+    fewer seeds than the fullest one says how many it has (its other runs failed)."""
     datasets = list(dict.fromkeys(rows["dataset"]))
+    seeds = rows.groupby(["model", "dataset"]).size().max()
     lines = ["| model | " + " | ".join(datasets) + " | mean |", "|" + "---|" * (len(datasets) + 2)]
     for model, group in rows.groupby("model", sort=False):
-        stats = group.groupby("dataset")[column].agg(["mean", "std"])
-        cells = [f"{stats.loc[d, 'mean']:.1f} ± {stats.loc[d, 'std']:.1f}" for d in datasets]
+        stats = group.groupby("dataset")[column].agg(["mean", "std", "size"])
+        cells = [f"{stats.loc[d, 'mean']:.1f} ± {stats.loc[d, 'std']:.1f}" + (f" ({stats.loc[d, 'size']} of {seeds} seeds)" if stats.loc[d, "size"] < seeds else "")
+                 for d in datasets]
         lines.append(f"| {model} | " + " | ".join(cells) + f" | **{stats['mean'].mean():.1f}** |")
     data = rows.groupby("dataset")["data_score"].first()
     lines.append("| data set mean | " + " | ".join(f"{data[d]:.1f}" for d in datasets) + f" | {data.mean():.1f} |")
@@ -174,6 +187,7 @@ def main() -> None:
             f"paths.runs={args.runs_dir}", f"hydra.run.dir={out_dir}", *accelerator]
     failed += run_parallel(latency_jobs, args.runs_dir, max(len(latency_jobs), 1), threads=1, keep_going=True)
     latency = latency_rows(args.runs_dir, latency_labels) or next((e["latency"] for e in earlier if e.get("latency")), [])
+    failed = failed_runs(failed, earlier, rows)
 
     text = "\n\n".join([
         "Normalised score (D4RL reference returns; mean ± std over seeds) of the best checkpoint (by validation rollouts) "

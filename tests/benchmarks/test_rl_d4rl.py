@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.rl_d4rl import merge_runs, score_table, train_command
+from benchmarks.rl_d4rl import failed_runs, merge_runs, score_table, train_command
 
 
 def run(dataset: str, model: str, seed: int, score: float) -> dict:
@@ -29,4 +29,12 @@ def test_merge_keeps_earlier_parts_and_prefers_this_run():
     hopper = merged[merged["dataset"] == "hopper-medium"].set_index("seed")["score"]
     assert hopper.to_dict() == {0: 19.0, 1: 21.0}  # this run's seed 0 replaces the earlier one
     table = score_table(merged, "score")
-    assert "| bc | 30.0 ± nan | 20.0 ± 1.4 | **25.0** |" in table and "halfcheetah-medium | hopper-medium" in table
+    assert "| bc | 30.0 ± nan (1 of 2 seeds) | 20.0 ± 1.4 | **25.0** |" in table and "halfcheetah-medium | hopper-medium" in table
+
+
+def test_cells_with_failed_seeds_say_how_many_they_have_and_failures_survive_a_merge():
+    rows = pd.DataFrame([run("hopper-medium", "bc", seed, 20.0) for seed in (0, 1, 2)] + [run("hopper-medium", "dt_mamba2", 0, 22.0), run("hopper-medium", "dt_mamba2", 2, 24.0)])
+    table = score_table(rows, "score")
+    assert "| dt_mamba2 | 23.0 ± 1.4 (2 of 3 seeds) | **23.0** |" in table and "| bc | 20.0 ± 0.0 | **20.0** |" in table
+    earlier = [{"runs": [], "failed": ["hopper-medium_dt_mamba2_seed1", "hopper-medium_bc_seed1"]}]
+    assert failed_runs(["x_seed0"], earlier, rows) == ["x_seed0", "hopper-medium_dt_mamba2_seed1"]  # bc seed 1 has a row now
