@@ -147,8 +147,10 @@ def _vector_decay_dqkg(q, k, v, gc, h, do, dh, scale, layout):
     BK, BV = _block(K, 64), _block(V, 64)
     NK = triton.cdiv(K, BK)
     dq_intra, dk_intra = (q.new_empty(q.shape, dtype=torch.float32) for _ in range(2))
-    _intra_grad_kernel[_tile_grid(NK * (CHUNK_SIZE // SUB_CHUNK), q, layout)](
-        q, k, v, gc, do, dq_intra, dk_intra, layout.cu_seqlens, layout.chunk_indices, q.shape[1], scale,
+    grid = _tile_grid(CHUNK_SIZE // SUB_CHUNK, q, layout)  # one program per sub-chunk, every K tile
+    scratch = q.new_empty(grid[0] * grid[1] * grid[2] * 2 * SUB_CHUNK**2, dtype=torch.float32)  # dA's diagonal blocks
+    _intra_grad_kernel[grid](
+        q, k, v, gc, do, dq_intra, dk_intra, scratch, layout.cu_seqlens, layout.chunk_indices, q.shape[1], scale,
         BC=SUB_CHUNK, BK=BK, BV=BV, **common,
     )
     dq, dk = torch.empty_like(q), torch.empty_like(k)

@@ -6,8 +6,13 @@ overflows once gamma spans more than ~88 inside a chunk. Secondary chunking (spe
 chunk of BT = 64 rows is cut into sub-chunks of BC = 16. For a query row r in sub-chunk I:
 * keys j in earlier sub-chunks: a tensor-core dot of Q_I * exp(gamma_I - gamma_rho) and
   K_J * exp(gamma_rho - gamma_J), rho the first row of I (both exponents <= 0);
-* keys j in I (the diagonal block): elementwise in fp32, one key per step, a vector reduction over K.
-The gradients use the same split; for the keys' side the reference is the last row lambda of I.
+* keys j in I (the diagonal block): elementwise in fp32, one key per step, a vector reduction over K,
+  kept in a [BC, BC] tile and stored apart from the rest of the row.
+The gradients use the same split; for the keys' side the reference is the last row lambda of I. One
+program per sub-chunk computes the score gradients of its rows once for every K tile; the diagonal
+steps read columns of their diagonal blocks from a per-program scratch buffer (memory, not a
+cross-thread reduction), and one exp2 serves dq and dk: gamma is non-increasing (g <= 0), so
+exp2(-|gamma_r - gamma_c|) is the decay of the pair (r, c) either way round.
 
 The sub-chunk dots take fp32 operands (tf32 for 16-bit inputs, ieee for float32): a bf16 rounding
 of the decayed operands would add to the outputs' error and, through q * dq - k * dk, to dg's.
@@ -26,6 +31,10 @@ from kernels.common.config import all_configs, configs
 
 SUB_CHUNK = 16
 SCORE_CHOICES = all_configs(warps=(4, 2), stages=(2, 3))
+# _intra_grad_kernel at 4 warps: ptxas takes ~230 registers (two programs per SM), capped at 168 three fit, without
+# spills (compiled for sm_90 with Triton 3.6, K = V = 128, 16-bit; not timed). No loop of it is pipelined: num_stages
+# changes nothing.
+GRAD_CHOICES = [triton.Config({}, num_warps=4, num_stages=2, maxnreg=r) for r in (168, None)]
 DQKG_CHOICES = all_configs(warps=(4, 8), stages=(2, 3))
 KEY = ["H", "K", "V", "BK", "BV", "IS_VARLEN"]
 
@@ -43,13 +52,15 @@ def _intra_scores_kernel(
     bos, T, i_t, _ = chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
     base = (bos + i_t * BT) * H + i_h  # the chunk's first row (int64); positions below count from it
     n = T - i_t * BT  # tokens of the sequence from the chunk's start
-    o_r = i_i * BC + tl.arange(0, BC)  # query rows (positions in the chunk)
+    o_j = tl.arange(0, BC)
+    o_r = i_i * BC + o_j  # query rows (positions in the chunk)
     o_c = tl.arange(0, BT)  # key columns
     m_r, m_c = o_r < n, o_c < n
     ref = i_i * BC  # rho, the first row of I
     ref_row = tl.minimum(ref, n - 1)  # where it is loaded from (a sub-chunk past the end stores nothing)
     earlier = (o_c < ref) & m_c  # keys of earlier sub-chunks
-    b_A = tl.zeros([BC, BT], dtype=tl.float32)
+    b_A = tl.zeros([BC, BT], dtype=tl.float32)  # keys of earlier sub-chunks (zero from I on)
+    b_Ad = tl.zeros([BC, BC], dtype=tl.float32)  # keys in I
     for i_k in tl.static_range(0, (K + BK - 1) // BK):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
@@ -65,37 +76,42 @@ def _intra_scores_kernel(
         b_qg = b_q * tl.exp2(tl.where(m_r[:, None], b_gq - b_gref[None, :], 0))
         b_kg = b_kt * tl.exp2(tl.where(earlier[None, :], b_gref[:, None] - b_gkt, float("-inf")))
         b_A += tl.dot(b_qg, b_kg, input_precision=DOT_PREC)  # fp32 operands: tf32 for 16-bit inputs
-        # the diagonal block in fp32: one key column c of I per step
+        # the diagonal block in fp32, one key column c = ref + j of I per step
         b_qf = b_q.to(tl.float32)
+        off_c = base * K + ref * H * K  # row c
         for j in range(0, BC):
-            c = ref + j
-            b_kc = tl.load(k + base * K + c * H * K + o_k, mask=m_k & (c < n), other=0).to(tl.float32)
-            b_gc = tl.load(gc + base * K + c * H * K + o_k, mask=m_k & (c < n), other=0)
-            causal = (o_r >= c) & m_r
+            b_kc = tl.load(k + off_c + o_k, mask=m_k & (j < n - ref), other=0).to(tl.float32)
+            b_gc = tl.load(gc + off_c + o_k, mask=m_k & (j < n - ref), other=0)
+            causal = (o_j >= j) & m_r
             b_decay = tl.exp2(tl.where(causal[:, None], b_gq - b_gc[None, :], float("-inf")))
             b_a = tl.sum(b_qf * b_kc[None, :] * b_decay, axis=1)  # [BC]
-            b_A += tl.where(o_c[None, :] == c, b_a[:, None], 0)
-    tl.store(A + base * BT + (o_r * H * BT)[:, None] + o_c[None, :], b_A, mask=m_r[:, None])
+            b_Ad = tl.where(o_j[None, :] == j, b_Ad + b_a[:, None], b_Ad)  # a [BC, BC] update, not [BC, BT]
+            off_c += H * K
+    # two stores that never share an address: the columns outside I, then the diagonal block
+    p_A = A + base * BT + (o_r * H * BT)[:, None]
+    tl.store(p_A + o_c[None, :], b_A, mask=m_r[:, None] & ((o_c < ref) | (o_c >= ref + BC))[None, :])
+    tl.store(p_A + o_r[None, :], b_Ad, mask=m_r[:, None])
 
 
-@triton.autotune(configs=configs(SCORE_CHOICES), key=KEY)
+@triton.autotune(configs=configs(GRAD_CHOICES), key=KEY)
 @triton.jit(do_not_specialize=["T"])
 def _intra_grad_kernel(
-    q, k, v, gc, do, dq, dk, cu_seqlens, chunk_indices, T, scale,
+    q, k, v, gc, do, dq, dk, dAd, cu_seqlens, chunk_indices, T, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     """Intra-chunk parts (fp32) of dq for the rows of sub-chunk I as queries, and of dk for them as keys:
     dq_r = sum_{j <= r} dA_rj k_j exp(gamma_r - gamma_j), dk_j = sum_{r >= j} dA_rj q_r exp(gamma_r - gamma_j),
     with dA = scale dO V^T. The score gradients of I's rows, dA[I, :] = dO_I V^T and dA^T[I, :] = V_I dO^T,
-    are two dots (never a transposed dot result: see passes._bwd_dv_kernel)."""
-    i_ki, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_k, i_i = i_ki // (BT // BC), i_ki % (BT // BC)
+    are two dots (never a transposed dot result: see passes._bwd_dv_kernel), computed once for all K tiles.
+    dAd: scratch of 2 BC^2 floats per program, for their diagonal blocks."""
+    i_i, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     bos, T, i_t, _ = chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
     base = (bos + i_t * BT) * H + i_h
     n = T - i_t * BT
-    o_r = i_i * BC + tl.arange(0, BC)  # rows of I
+    o_j = tl.arange(0, BC)
+    o_r = i_i * BC + o_j  # rows of I
     o_c = tl.arange(0, BT)  # every row of the chunk
     m_r, m_c = o_r < n, o_c < n
     ref = i_i * BC  # rho, I's first row: reference of the queries' side
@@ -118,45 +134,58 @@ def _intra_grad_kernel(
         b_dAt += tl.dot(b_v, b_dot, input_precision=DOT_PREC)
     b_dA *= scale
     b_dAt *= scale
+    # their diagonal blocks dA[I, I] and dA^T[I, I] to the scratch, column-major: a step below loads a column
+    # (L1) instead of extracting it from the registers of b_dA with a cross-thread reduction
+    p_s = dAd + ((i_bh * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(0) + i_i).to(tl.int64) * (2 * BC * BC)
+    o_s = (o_c - ref)[None, :] * BC + o_j[:, None]
+    m_s = ((o_c >= ref) & (o_c < ref + BC))[None, :]
+    tl.store(p_s + o_s, b_dA, mask=m_s)
+    tl.store(p_s + BC * BC + o_s, b_dAt, mask=m_s)
+    tl.debug_barrier()
 
-    o_k = i_k * BK + tl.arange(0, BK)
-    m_k = o_k < K
-    m_rk = m_r[:, None] & m_k[None, :]
-    m_ck = m_c[:, None] & m_k[None, :]
-    o_rows = (o_r * H * K)[:, None] + o_k[None, :]  # [BC, BK]
-    o_all = (o_c * H * K)[:, None] + o_k[None, :]  # [BT, BK]
-    b_g = tl.load(gc + base * K + o_rows, mask=m_rk, other=0)
-    b_gref = tl.load(gc + base * K + tl.minimum(ref, n - 1) * H * K + o_k, mask=m_k, other=0)  # a sub-chunk past the end stores nothing
-    b_glast = tl.load(gc + base * K + last * H * K + o_k, mask=m_k, other=0)
-    b_qa = tl.load(q + base * K + o_all, mask=m_ck, other=0)
-    b_ka = tl.load(k + base * K + o_all, mask=m_ck, other=0)
-    b_ga = tl.load(gc + base * K + o_all, mask=m_ck, other=0)
+    earlier = (o_c < ref) & m_c  # keys of earlier sub-chunks (for dq)
+    later = (o_c > last) & m_c  # queries of later sub-chunks (for dk)
+    for i_k in range(0, K, BK):  # a loop, not unrolled: unrolled, ptxas needs more registers (spills at 168)
+        o_k = i_k + tl.arange(0, BK)
+        m_k = o_k < K
+        m_rk = m_r[:, None] & m_k[None, :]
+        o_rows = (o_r * H * K)[:, None] + o_k[None, :]  # [BC, BK]
+        b_g = tl.load(gc + base * K + o_rows, mask=m_rk, other=0)
 
-    # off-diagonal blocks: keys of earlier sub-chunks (for dq), queries of later ones (for dk)
-    earlier = (o_c < ref) & m_c
-    later = (o_c > last) & m_c
-    b_kg = b_ka * tl.exp2(tl.where(earlier[:, None], b_gref[None, :] - b_ga, float("-inf")))
-    b_qg = b_qa * tl.exp2(tl.where(later[:, None], b_ga - b_glast[None, :], float("-inf")))
-    b_dq = tl.dot(b_dA, b_kg, input_precision=DOT_PREC)  # fp32 operands: tf32 for 16-bit inputs
-    b_dk = tl.dot(b_dAt, b_qg, input_precision=DOT_PREC)
-    b_dq *= tl.exp2(tl.where(m_r[:, None], b_g - b_gref[None, :], 0))
-    b_dk *= tl.exp2(tl.where(m_r[:, None], b_glast[None, :] - b_g, 0))
+        # the diagonal block in fp32, one row c = ref + j of I per step: a key for dq (rows r >= c) and a query
+        # for dk (rows r <= c)
+        b_dq = tl.zeros([BC, BK], dtype=tl.float32)
+        b_dk = tl.zeros([BC, BK], dtype=tl.float32)
+        off_c = base * K + ref * H * K  # row c
+        for j in range(0, BC):
+            m_1 = m_k & (j < n - ref)
+            b_kc = tl.load(k + off_c + o_k, mask=m_1, other=0).to(tl.float32)
+            b_qc = tl.load(q + off_c + o_k, mask=m_1, other=0).to(tl.float32)
+            b_gc = tl.load(gc + off_c + o_k, mask=m_1, other=0)
+            b_dA_c = tl.where((o_j >= j) & m_r, tl.load(p_s + j * BC + o_j), 0)  # dA[r, c]
+            b_dAt_c = tl.where((o_j <= j) & (j < n - ref), tl.load(p_s + (BC + j) * BC + o_j), 0)  # dA[c, r]
+            b_decay = tl.exp2(-tl.abs(b_g - b_gc[None, :]))  # exponent gamma_r - gamma_c (r >= c), gamma_c - gamma_r (r <= c)
+            b_dq += b_dA_c[:, None] * b_kc[None, :] * b_decay
+            b_dk += b_dAt_c[:, None] * b_qc[None, :] * b_decay
+            off_c += H * K
 
-    # the diagonal block in fp32, one row c of I per step: as a key for dq, as a query for dk
-    for j in range(0, BC):
-        c = ref + j
-        m_1 = m_k & (c < n)
-        b_kc = tl.load(k + base * K + c * H * K + o_k, mask=m_1, other=0).to(tl.float32)
-        b_qc = tl.load(q + base * K + c * H * K + o_k, mask=m_1, other=0).to(tl.float32)
-        b_gc = tl.load(gc + base * K + c * H * K + o_k, mask=m_1, other=0)
-        b_dA_c = tl.sum(tl.where(o_c[None, :] == c, b_dA, 0), axis=1)  # [BC]: dA[r, c]
-        b_dAt_c = tl.sum(tl.where(o_c[None, :] == c, b_dAt, 0), axis=1)  # [BC]: dA[c, j]
-        after = (o_r >= c) & m_r  # queries r >= c of I
-        before = (o_r <= c) & (c < n)  # keys j <= c of I
-        b_dq += b_dA_c[:, None] * b_kc[None, :] * tl.exp2(tl.where(after[:, None], b_g - b_gc[None, :], float("-inf")))
-        b_dk += b_dAt_c[:, None] * b_qc[None, :] * tl.exp2(tl.where(before[:, None], b_gc[None, :] - b_g, float("-inf")))
-    tl.store(dq + base * K + o_rows, b_dq, mask=m_rk)
-    tl.store(dk + base * K + o_rows, b_dk, mask=m_rk)
+        # off-diagonal blocks: the earlier keys (for dq) and the later queries (for dk) are disjoint rows of the
+        # chunk, one exp2 serves both; their k and q are loaded zero elsewhere
+        o_all = (o_c * H * K)[:, None] + o_k[None, :]  # [BT, BK]
+        # (a sub-chunk past the end loads its reference from the last row and stores nothing)
+        b_gref = tl.load(gc + base * K + tl.minimum(ref, n - 1) * H * K + o_k, mask=m_k, other=0)
+        b_glast = tl.load(gc + base * K + last * H * K + o_k, mask=m_k, other=0)
+        b_ka = tl.load(k + base * K + o_all, mask=earlier[:, None] & m_k[None, :], other=0)
+        b_qa = tl.load(q + base * K + o_all, mask=later[:, None] & m_k[None, :], other=0)
+        b_ga = tl.load(gc + base * K + o_all, mask=m_c[:, None] & m_k[None, :], other=0)
+        b_decay_off = tl.where(later[:, None], b_ga - b_glast[None, :], float("-inf"))
+        b_decay_off = tl.exp2(tl.where(earlier[:, None], b_gref[None, :] - b_ga, b_decay_off))
+        b_dq_off = tl.dot(b_dA, b_ka * b_decay_off, input_precision=DOT_PREC)  # fp32 operands: tf32 for 16-bit inputs
+        b_dk_off = tl.dot(b_dAt, b_qa * b_decay_off, input_precision=DOT_PREC)
+        b_dq += b_dq_off * tl.exp2(tl.where(m_r[:, None], b_g - b_gref[None, :], 0))
+        b_dk += b_dk_off * tl.exp2(tl.where(m_r[:, None], b_glast[None, :] - b_g, 0))
+        tl.store(dq + base * K + o_rows, b_dq, mask=m_rk)
+        tl.store(dk + base * K + o_rows, b_dk, mask=m_rk)
 
 
 @triton.autotune(configs=configs(DQKG_CHOICES), key=KEY)
@@ -216,6 +245,6 @@ def _dqkg_kernel(
 
 AUTOTUNED = {  # every autotuned kernel of this file with all its config choices (the GPU tests try each one)
     _intra_scores_kernel: SCORE_CHOICES,
-    _intra_grad_kernel: SCORE_CHOICES,
+    _intra_grad_kernel: GRAD_CHOICES,
     _dqkg_kernel: DQKG_CHOICES,
 }
