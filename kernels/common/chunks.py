@@ -58,6 +58,15 @@ def chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT: tl.constexpr, IS_VA
 
 
 @triton.jit
+def chunk_rows(bos, i_t, T, i_h, H: tl.constexpr, BT: tl.constexpr):
+    """(o_t, m_t, base, r) of chunk i_t of a sequence starting at token bos, head i_h, in a (B, T, H, ...)
+    layout: positions in the sequence, their mask (< T), the chunk's first row (int64) and the rows'
+    offsets from it (int32); element x of row j is at (base + r[j]) * X + x for a last dim of X."""
+    o_t = i_t * BT + tl.arange(0, BT)
+    return o_t, o_t < T, (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H
+
+
+@triton.jit
 def sequence_coords(i_n, T, cu_seqlens, chunk_offsets, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
     """(bos, T, NT, c0) of sequence i_n: first token (int64), length, chunk count, global number of its first chunk."""
     if IS_VARLEN:

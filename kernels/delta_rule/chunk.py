@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.common.chunks import ChunkLayout, chunk_layout, sequence_coords
+from kernels.common.chunks import ChunkLayout, chunk_layout, chunk_rows, sequence_coords
 from kernels.common.config import all_configs, configs
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
 from kernels.delta_rule.wy import WY_CHOICES, _wy_bwd_kernel, _wy_fwd_kernel
@@ -65,8 +65,7 @@ def _delta_h_kernel(
         b_h += tl.load(h0 + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0).to(tl.float32)
     for i_t in range(0, NT):
         tl.store(h + ((c0 + i_t) * H + i_h) * K * V + o_kv, b_h.to(h.dtype.element_ty), mask=m_kv)
-        m_t = i_t * BT + tl.arange(0, BT) < T
-        base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H
+        _, m_t, base, r = chunk_rows(bos, i_t, T, i_h, H, BT)
         m_tv = m_t[:, None] & m_v[None, :]
         b_w = tl.load(w + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)  # [BT, BK]
         b_u = tl.load(u + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0).to(tl.float32)  # [BT, BV]
@@ -110,8 +109,7 @@ def _delta_dh_kernel(
         b_dh += tl.load(dht + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0).to(tl.float32)
     for i_t in range(NT - 1, -1, -1):
         tl.store(dh + ((c0 + i_t) * H + i_h) * K * V + o_kv, b_dh.to(dh.dtype.element_ty), mask=m_kv)
-        m_t = i_t * BT + tl.arange(0, BT) < T
-        base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H
+        _, m_t, base, r = chunk_rows(bos, i_t, T, i_h, H, BT)
         m_tv = m_t[:, None] & m_v[None, :]
         m_kt = m_k[:, None] & m_t[None, :]
         b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)  # [BT, BK]

@@ -8,7 +8,7 @@ doubling, the rest by block substitution), W = T Diag(beta) (K * exp(gamma)), U 
 import triton
 import triton.language as tl
 
-from kernels.common.chunks import chunk_coords
+from kernels.common.chunks import chunk_coords, chunk_rows
 from kernels.common.config import all_configs, configs
 from kernels.linear_recurrence.passes import KEY
 
@@ -101,9 +101,7 @@ def _wy_fwd_kernel(
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     bos, T, i_t, i_c = chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
-    o_t = i_t * BT + tl.arange(0, BT)
-    m_t = o_t < T
-    base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H
+    o_t, m_t, base, r = chunk_rows(bos, i_t, T, i_h, H, BT)
     o_c = tl.arange(0, BT)
     b_beta = tl.load(beta + base + r, mask=m_t, other=0).to(tl.float32)
     k_scale = b_beta
@@ -160,9 +158,7 @@ def _wy_bwd_kernel(
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     bos, T, i_t, i_c = chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
-    o_t = i_t * BT + tl.arange(0, BT)
-    m_t = o_t < T
-    base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H
+    o_t, m_t, base, r = chunk_rows(bos, i_t, T, i_h, H, BT)
     o_c = tl.arange(0, BT)
     p_T = Tm + (i_c * H + i_h) * BT * BT
     p_S = scratch + (i_c * H + i_h) * BT * BT

@@ -7,7 +7,7 @@ algorithm, the layouts and the public op; the per-channel decay's own kernels ar
 import triton
 import triton.language as tl
 
-from kernels.common.chunks import chunk_coords, sequence_coords
+from kernels.common.chunks import chunk_coords, chunk_rows, sequence_coords
 from kernels.common.config import all_configs, configs
 from kernels.linear_recurrence import vector_decay
 
@@ -45,9 +45,7 @@ def _fwd_h_kernel(
         b_h += tl.load(h0 + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0).to(tl.float32)
     for i_t in range(0, NT):
         tl.store(h + ((c0 + i_t) * H + i_h) * K * V + o_kv, b_h.to(h.dtype.element_ty), mask=m_kv)
-        o_t = i_t * BT + tl.arange(0, BT)
-        m_t = o_t < T
-        base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H  # chunk's first row (int64), row offsets (int32)
+        o_t, m_t, base, r = chunk_rows(bos, i_t, T, i_h, H, BT)
         b_k = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=(o_k[:, None] < K) & m_t[None, :], other=0)  # [BK, BT]
         b_v = tl.load(v + base * V + (r[:, None] * V + o_v[None, :]), mask=m_t[:, None] & (o_v[None, :] < V), other=0)  # [BT, BV]
         if USE_G:
@@ -89,9 +87,7 @@ def _bwd_dh_kernel(
         b_dh += tl.load(dht + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0).to(tl.float32)
     for i_t in range(NT - 1, -1, -1):
         tl.store(dh + ((c0 + i_t) * H + i_h) * K * V + o_kv, b_dh.to(dh.dtype.element_ty), mask=m_kv)
-        o_t = i_t * BT + tl.arange(0, BT)
-        m_t = o_t < T
-        base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H
+        o_t, m_t, base, r = chunk_rows(bos, i_t, T, i_h, H, BT)
         b_q = tl.load(q + base * K + (r[None, :] * K + o_k[:, None]), mask=(o_k[:, None] < K) & m_t[None, :], other=0)  # [BK, BT]
         b_do = tl.load(do + base * V + (r[:, None] * V + o_v[None, :]), mask=m_t[:, None] & (o_v[None, :] < V), other=0)  # [BT, BV]
         if USE_G:
@@ -129,9 +125,7 @@ def _fwd_o_kernel(
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     bos, T, i_t, i_c = chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
-    o_t = i_t * BT + tl.arange(0, BT)
-    m_t = o_t < T
-    base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H
+    o_t, m_t, base, r = chunk_rows(bos, i_t, T, i_h, H, BT)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
     p_h = h + (i_c * H + i_h) * K * V
@@ -180,9 +174,7 @@ def _bwd_dv_kernel(
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     bos, T, i_t, i_c = chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
-    o_t = i_t * BT + tl.arange(0, BT)
-    m_t = o_t < T
-    base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H
+    o_t, m_t, base, r = chunk_rows(bos, i_t, T, i_h, H, BT)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
     b_dv = tl.zeros([BT, BV], dtype=tl.float32)
@@ -238,9 +230,7 @@ def _bwd_dqk_kernel(
     i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     bos, T, i_t, i_c = chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
-    o_t = i_t * BT + tl.arange(0, BT)
-    m_t = o_t < T
-    base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H
+    o_t, m_t, base, r = chunk_rows(bos, i_t, T, i_h, H, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]

@@ -26,7 +26,7 @@ holds A_r. over the chunk's columns, zero above the diagonal and past the sequen
 import triton
 import triton.language as tl
 
-from kernels.common.chunks import chunk_coords
+from kernels.common.chunks import chunk_coords, chunk_rows
 from kernels.common.config import all_configs, configs
 
 SUB_CHUNK = 16
@@ -201,9 +201,7 @@ def _dqkg_kernel(
     i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     bos, T, i_t, i_c = chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
-    o_t = i_t * BT + tl.arange(0, BT)
-    m_t = o_t < T
-    base, r = (bos + i_t * BT) * H + i_h, tl.arange(0, BT) * H
+    o_t, m_t, base, r = chunk_rows(bos, i_t, T, i_h, H, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
