@@ -7,7 +7,8 @@ Every model trains on the same two-speaker dynamic mixtures of espeak-ng voices 
 (`experiment=separation`: 2,000 steps of 8 two-second mixtures, at most 5 minutes) and is tested on the
 20 mixtures of the five LibriVox recordings in ../shared/data/speech/librivox (all read by one person: same-speaker
 mixtures), then its best checkpoint is tested again (`eval`) on 64 mixtures of 8 espeak-ng voices that neither
-training nor validation used (ESPEAK_TEST; different speakers). The espeak-ng speech is
+training nor validation used (ESPEAK_TEST; different speakers; espeak-ng voices also when the training voices
+interleave flite's, `-- data.engines=[espeak,flite]`). The synthetic speech is
 synthesised once into a shared cache before the models start (one synthesiser per CPU core); the models
 then train in parallel processes (on one GPU: trainer=gpu is added when CUDA is available). Prints the table
 and writes benchmarks/results/<out>.{json,md} with device, versions and date.
@@ -55,11 +56,18 @@ def compose_config(overrides: list[str]):
         return compose("config", overrides=["experiment=separation", *overrides])
 
 
+def espeak_test(overrides: list[str]) -> list[str]:
+    """The overrides of the held-out test: ESPEAK_TEST, those given, and espeak-ng voices whatever the training engines."""
+    return [*ESPEAK_TEST, *overrides, "data.engines=[espeak]"]
+
+
 def presynthesize(overrides: list[str], workers: int) -> None:
-    """Fill the speech cache once for every voice the runs use (they would otherwise all synthesise)."""
-    data = compose_config(overrides).data
-    voices = data.train_voices + data.val_voices + (data.test_voices if data.test == "espeak" else 0)
-    synthesize_into_cache(range(voices), data.utterances_per_voice, data.sample_rate, data.cache_dir, workers)
+    """Fill the speech cache once for every voice the runs use (they would otherwise all synthesise): the training
+    and validation voices of the runs' engines, then the held-out espeak-ng test voices."""
+    train, test = compose_config(overrides).data, compose_config(espeak_test(overrides)).data
+    voices = train.train_voices + train.val_voices
+    for data, indices in ((train, range(voices)), (test, range(voices, voices + test.test_voices))):
+        synthesize_into_cache(indices, data.utterances_per_voice, data.sample_rate, data.cache_dir, workers, data.engines)
 
 
 def command(model: str, runs_dir: Path, overrides: list[str]) -> list[str]:
@@ -72,7 +80,7 @@ def espeak_test_command(model: str, runs_dir: Path, overrides: list[str]) -> lis
     checkpoints = Path(record_of(model, runs_dir)["run_dir"]) / "checkpoints"
     checkpoint = next(path for path in (checkpoints / "best.ckpt", checkpoints / "last.ckpt") if path.exists())
     return [sys.executable, "-m", "apps.speech", "eval", f"ckpt_path={checkpoint}",
-            f"name=separation_{model}_espeak", f"paths.runs={runs_dir}", *ESPEAK_TEST, *overrides]  # fmt: skip
+            f"name=separation_{model}_espeak", f"paths.runs={runs_dir}", *espeak_test(overrides)]  # fmt: skip
 
 
 def record_of(run_name: str, runs_dir: Path) -> dict:
@@ -119,7 +127,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     overrides = [f"data.cache_dir={cache_dir}", *(["trainer=gpu"] if torch.cuda.is_available() else []), *args.overrides]
     started = time.perf_counter()
-    presynthesize([*ESPEAK_TEST, *overrides], workers=cores)
+    presynthesize(overrides, workers=cores)
     synthesis_seconds = time.perf_counter() - started
     print(f"speech cache ready in {synthesis_seconds:.0f} s", flush=True)
     threads = max(1, cores // args.parallel)

@@ -1,9 +1,9 @@
 """SeparationDataModule: batches of (mixture (B, T), sources (B, N, T), names: B strings) for N-speaker separation.
 
 Training mixtures are made on the fly (dynamic mixing: random speakers, utterances, gains and offsets) from
-single-speaker speech: espeak-ng voices (`espeak`, the offline default), a folder of recordings (`folder`),
-or the crops of a prepared set (`librimix`, `wsj0_mix`). Validation and test sets are fixed (a seed per item);
-test mixtures are whole utterances (the shorter one's length, "min" mode), one per batch.
+single-speaker speech: synthetic voices (`espeak`: espeak-ng, the offline default, and optionally flite), a folder
+of recordings (`folder`), or the crops of a prepared set (`librimix`, `wsj0_mix`). Validation and test sets are
+fixed (a seed per item); test mixtures are whole utterances (the shorter one's length, "min" mode), one per batch.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from apps.speech.mixing import draw_mixture, fresh, mix, seeded
 from apps.speech.sources import LAYOUTS, PreparedMixtures, folder_speakers
-from apps.speech.tts import synthetic_speakers
+from apps.speech.tts import ENGINES, synthetic_speakers
 
 DEFAULT_CACHE = Path.home() / ".cache" / "seqmix" / "speech"
 SPEECH = ("espeak", "folder", *LAYOUTS)
@@ -28,16 +28,21 @@ Speakers = Sequence[Sequence[Tensor]]
 
 
 class DynamicMixtures(Dataset):
-    """`length` new random mixtures per pass (see `mixing.draw_mixture`), each `segment` samples long."""
+    """`length` new random mixtures per pass (see `mixing.draw_mixture`), each `segment` samples long; a fraction
+    `same_speaker_fraction` of them mixes different utterances of one speaker."""
 
-    def __init__(self, speakers: Speakers, num_speakers: int, segment: int, gain_db: float, length: int) -> None:
+    def __init__(
+        self, speakers: Speakers, num_speakers: int, segment: int, gain_db: float, length: int, same_speaker_fraction: float = 0.0
+    ) -> None:
         self.speakers, self.num_speakers, self.segment, self.gain_db, self.length = speakers, num_speakers, segment, gain_db, length
+        self.same_speaker_fraction = same_speaker_fraction
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, str]:
-        return *draw_mixture(self.speakers, self.num_speakers, self.segment, self.gain_db, fresh()), f"dynamic{index}"
+        mixture = draw_mixture(self.speakers, self.num_speakers, self.segment, self.gain_db, fresh(), self.same_speaker_fraction)
+        return *mixture, f"dynamic{index}"
 
 
 class FixedMixtures(Dataset):
@@ -73,16 +78,20 @@ class SeparationDataModule(L.LightningDataModule):
 
     Args:
         name: the run name's data part.
-        train: where training speech comes from: "espeak" (synthetic voices, cached in cache_dir), "folder"
-            (train_path: a folder of recordings, see `sources.folder_speakers`), "librimix" or "wsj0_mix"
+        train: where training speech comes from: "espeak" (synthetic voices of `engines`, cached in cache_dir),
+            "folder" (train_path: a folder of recordings, see `sources.folder_speakers`), "librimix" or "wsj0_mix"
             (train_path: the prepared set's root; its train and validation splits are used).
-        test: the test set: "espeak" (voices used neither in training nor validation), "folder" (mixtures of
-            the recordings under test_path, e.g. ../shared/data/speech/librivox), "librimix" or "wsj0_mix".
+        test: the test set: "espeak" (synthetic voices used neither in training nor validation), "folder"
+            (mixtures of the recordings under test_path, e.g. ../shared/data/speech/librivox), "librimix" or "wsj0_mix".
         segment_seconds: length of training and validation mixtures.
         gain_db: each source's level is drawn uniformly in [-gain_db, gain_db] dB (relative, unit RMS).
-        train_voices, val_voices, test_voices: espeak speakers of each set (disjoint); for "folder" training,
+        engines: synthesisers of the synthetic voices, interleaved: speaker i is speaker i // len(engines) of
+            engines[i % len(engines)] (see `tts.engine_speaker`); "espeak" (espeak-ng, pip) and "flite" (a program).
+        train_voices, val_voices, test_voices: synthetic speakers of each set (disjoint); for "folder" training,
             the last val_voices speakers of the folder validate.
-        utterances_per_voice: sentences each espeak voice reads (at most 50).
+        utterances_per_voice: sentences each synthetic voice reads (at most 50).
+        same_speaker_fraction: fraction of the training mixtures (dynamic mixing: espeak or folder) made of
+            different utterances of one speaker; validation and test mixtures are unchanged.
         train_mixtures: dynamic mixtures per epoch; val_mixtures, test_mixtures: size of the fixed sets.
         mode: "min" or "max", the LibriMix / wsj0-mix variant.
         cache_dir: where synthesised speech is kept (default ~/.cache/seqmix/speech).
@@ -102,7 +111,9 @@ class SeparationDataModule(L.LightningDataModule):
         train_voices: int = 40,
         val_voices: int = 8,
         test_voices: int = 8,
+        engines: Sequence[str] = ("espeak",),
         utterances_per_voice: int = 20,
+        same_speaker_fraction: float = 0.0,
         train_mixtures: int = 400,
         val_mixtures: int = 32,
         test_mixtures: int = 32,
@@ -122,22 +133,29 @@ class SeparationDataModule(L.LightningDataModule):
             raise ValueError(f"data.num_speakers must be at least 2 (a mixture), got {num_speakers}")
         if sample_rate not in (8000, 16000):
             raise ValueError(f"data.sample_rate must be 8000 or 16000, got {sample_rate}")
+        if not engines or len(set(engines)) < len(engines) or not set(engines) <= set(ENGINES):
+            raise ValueError(f"data.engines={list(engines)} must list some of {', '.join(ENGINES)}, each once")
+        if not 0 <= same_speaker_fraction <= 1 or (same_speaker_fraction and train in LAYOUTS):
+            raise ValueError(
+                f"data.same_speaker_fraction={same_speaker_fraction} must be in [0, 1] and needs dynamic mixing "
+                f"(data.train=espeak or folder, not {train})"
+            )
         self.name, self.num_speakers, self.sample_rate = name, num_speakers, sample_rate
         self.train, self.train_path, self.test, self.test_path = train, train_path, test, test_path
         self.segment = round(segment_seconds * sample_rate)
         self.gain_db, self.mode = gain_db, mode
         self.voices = {"train": train_voices, "val": val_voices, "test": test_voices}
-        self.utterances_per_voice = utterances_per_voice
+        self.engines, self.utterances_per_voice, self.same_speaker_fraction = tuple(engines), utterances_per_voice, same_speaker_fraction
         self.sizes = {"train": train_mixtures, "val": val_mixtures, "test": test_mixtures}
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE
         self.datasets: dict[str, Dataset] = {}
 
     def espeak_voices(self, split: str) -> Speakers:
-        """The espeak speakers of a split: catalogue indices train, then val, then test."""
+        """The synthetic speakers of a split: catalogue indices train, then val, then test."""
         start = {"train": 0, "val": self.voices["train"], "test": self.voices["train"] + self.voices["val"]}[split]
         indices = range(start, start + self.voices[split])
-        return synthetic_speakers(indices, self.utterances_per_voice, self.sample_rate, self.cache_dir)
+        return synthetic_speakers(indices, self.utterances_per_voice, self.sample_rate, self.cache_dir, self.engines)
 
     def prepared(self, layout: str, path: str, split: str) -> PreparedMixtures:
         segment, random_crop = {"train": (self.segment, True), "val": (self.segment, False), "test": (None, False)}[split]
@@ -158,7 +176,14 @@ class SeparationDataModule(L.LightningDataModule):
             if len(speakers) - self.voices["val"] < self.num_speakers:
                 raise ValueError(f"{self.train_path} has {len(speakers)} speakers: too few to hold out data.val_voices={self.voices['val']}")
             train, val = speakers[: -self.voices["val"]], speakers[-self.voices["val"] :]
-        self.datasets["train"] = DynamicMixtures(train, self.num_speakers, self.segment, self.gain_db, self.sizes["train"])
+        if self.same_speaker_fraction and min(len(s) for s in train) < self.num_speakers:
+            raise ValueError(
+                f"data.same_speaker_fraction needs {self.num_speakers} utterances of every training speaker, some have "
+                f"{min(len(s) for s in train)}; raise data.utterances_per_voice or give more files per speaker"
+            )
+        self.datasets["train"] = DynamicMixtures(
+            train, self.num_speakers, self.segment, self.gain_db, self.sizes["train"], self.same_speaker_fraction
+        )
         self.datasets["val"] = FixedMixtures(val, self.num_speakers, self.segment, self.gain_db, self.sizes["val"], self.seed)
 
     def setup_test(self) -> None:

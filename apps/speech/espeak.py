@@ -2,7 +2,7 @@
 its data, so no system package is needed. One process holds one synthesiser (the library keeps global state).
 
     voice = Voice("en-us", "m3", pitch=40, rate=160, pitch_range=50)
-    waveform = synthesize("The birch canoe slid on the smooth planks.", voice)   # float32 numpy, 22,050 Hz
+    waveform, rate = synthesize("The birch canoe slid on the smooth planks.", voice)   # float32 numpy, 22,050 Hz
 """
 from __future__ import annotations
 
@@ -92,6 +92,6 @@ def synthesizer() -> Synthesizer:
     return Synthesizer()
 
 
-def synthesize(text: str, voice: Voice) -> np.ndarray:
-    """`text` spoken by `voice`: float32 waveform (samples,) at `synthesizer().sample_rate` (22,050 Hz)."""
-    return synthesizer()(text, voice)
+def synthesize(text: str, voice: Voice) -> tuple[np.ndarray, int]:
+    """`text` spoken by `voice`: (float32 waveform (samples,), its sample rate: 22,050 Hz), as `flite.synthesize`."""
+    return synthesizer()(text, voice), synthesizer().sample_rate

@@ -50,13 +50,24 @@ def mix(utterances: Sequence[Tensor], length: int | None, gain_db: float, rng: n
     return mixture * scale, sources * scale
 
 
+def pick_utterances(
+    speakers: Sequence[Sequence[Tensor]], num_speakers: int, rng: np.random.Generator, same_speaker_fraction: float = 0.0
+) -> list[tuple[int, int]]:
+    """(speaker, utterance) indices of one mixture's sources: `num_speakers` different speakers with a random
+    utterance each, or, with probability `same_speaker_fraction`, different utterances of one random speaker."""
+    if same_speaker_fraction and rng.random() < same_speaker_fraction:
+        speaker = int(rng.integers(len(speakers)))
+        return [(speaker, int(u)) for u in rng.choice(len(speakers[speaker]), size=num_speakers, replace=False)]
+    return [(s, int(rng.integers(len(speakers[s])))) for s in pick_speakers(len(speakers), num_speakers, rng)]
+
+
 def draw_mixture(
-    speakers: Sequence[Sequence[Tensor]], num_speakers: int, length: int | None, gain_db: float, rng: np.random.Generator
-) -> tuple[Tensor, Tensor]:
-    """One random mixture: `num_speakers` different speakers, one random utterance each (see `mix`)."""
-    chosen = pick_speakers(len(speakers), num_speakers, rng)
-    utterances = [speakers[s][int(rng.integers(len(speakers[s])))] for s in chosen]
-    return mix(utterances, length, gain_db, rng)
+    speakers: Sequence[Sequence[Tensor]], num_speakers: int, length: int | None, gain_db: float, rng: np.random.Generator,
+    same_speaker_fraction: float = 0.0,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """One random mixture of the utterances `pick_utterances` draws (see `mix`)."""
+    chosen = pick_utterances(speakers, num_speakers, rng, same_speaker_fraction)
+    return mix([speakers[s][u] for s, u in chosen], length, gain_db, rng)
 
 
 def seeded(seed: int, index: int) -> np.random.Generator:

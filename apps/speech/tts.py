@@ -1,9 +1,10 @@
-"""A multi-speaker corpus from espeak-ng: many voices (accent x variant x pitch x rate x pitch range), each
-reading Harvard sentences (IEEE 1969), synthesised once, resampled (torchaudio) and cached on disk as 16-bit
-samples at the sample rate asked for.
+"""A multi-speaker corpus from speech synthesisers: many voices of espeak-ng (accent x variant x pitch x rate x
+pitch range) and optionally flite (base voice x f0 mean and spread x tempo x warp), each reading Harvard sentences
+(IEEE 1969), synthesised once, resampled (torchaudio) and cached on disk as 16-bit samples at the rate asked for.
 
     speakers = synthetic_speakers(range(0, 40), utterances=20, sample_rate=8000, cache_dir="~/.cache/seqmix/speech")
     # speakers[i]: list of 1-D float32 tensors, utterances of voice i, leading/trailing silence trimmed
+    synthetic_speakers(range(0, 40), 20, 8000, cache_dir, engines=("espeak", "flite"))  # even i: espeak, odd i: flite
 """
 from __future__ import annotations
 
@@ -12,17 +13,21 @@ import logging
 import math
 import multiprocessing
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torchaudio
 from torch import Tensor
 
+from apps.speech import espeak, flite
 from apps.speech.audio import trim_silence
-from apps.speech.espeak import Voice, synthesize, synthesizer
+from apps.speech.espeak import Voice
+from apps.speech.flite import FliteVoice
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +39,12 @@ VARIANTS = (  # human-like variants of espeak-ng-data/voices/!v (no robots, whis
     "ed", "edward", "grandma", "grandpa", "ian", "john", "linda", "max", "Michael", "norbert", "paul",
     "quincy", "rob", "robert", "shelby", "steph", "travis",
 )  # fmt: skip
+FLITE_VOICES = {"awb": (90, 150), "kal16": (85, 140), "rms": (90, 150), "slt": (150, 230)}  # f0 mean range (Hz)
 CATALOGUE_SEED = 20240607  # fixes which voice is speaker i, for every run and machine
 
 
-def voice(index: int) -> Voice:
-    """Speaker `index` of the catalogue: a reproducible random accent, variant, pitch, rate and pitch range."""
+def espeak_voice(index: int) -> Voice:
+    """espeak-ng speaker `index`: a reproducible random accent, variant, pitch, rate and pitch range."""
     rng = np.random.default_rng([CATALOGUE_SEED, index])
     return Voice(
         language=str(rng.choice(ACCENTS)),
@@ -49,6 +55,40 @@ def voice(index: int) -> Voice:
     )
 
 
+def flite_voice(index: int) -> FliteVoice:
+    """flite speaker `index`: a reproducible random base voice, f0 mean (in a range natural for that voice) and
+    spread (8-20 % of the mean), duration stretch (0.9-1.2) and warp (0.9-1.1)."""
+    rng = np.random.default_rng([CATALOGUE_SEED, index, 2])  # [seed, index]: espeak voice, [seed, index, 1]: sentences
+    base = str(rng.choice(list(FLITE_VOICES)))
+    f0_mean = int(rng.integers(*FLITE_VOICES[base]))
+    return FliteVoice(
+        voice=base,
+        f0_mean=f0_mean,
+        f0_stddev=round(f0_mean * rng.uniform(0.08, 0.2)),
+        stretch=round(float(rng.uniform(0.9, 1.2)), 2),
+        warp=round(float(rng.uniform(0.9, 1.1)), 2),
+    )
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A synthesiser of the catalogue: `voice(k)` is its k-th speaker (with a file-name-safe `.name`) and
+    `synthesize(text, voice)` -> (float32 waveform (samples,), sample rate)."""
+
+    voice: Callable[[int], Any]
+    synthesize: Callable[[str, Any], tuple[np.ndarray, int]]
+
+
+ENGINES = {"espeak": Engine(espeak_voice, espeak.synthesize), "flite": Engine(flite_voice, flite.synthesize)}
+
+
+def engine_speaker(index: int, engines: Sequence[str]) -> tuple[str, int]:
+    """Speaker `index` of the catalogue interleaving `engines`: (its engine, its index among that engine's speakers).
+    With engines ("espeak",) speaker i is espeak speaker i; with ("espeak", "flite") espeak i // 2 for even i,
+    flite i // 2 for odd i."""
+    return engines[index % len(engines)], index // len(engines)
+
+
 def sentences_of(index: int, count: int) -> list[int]:
     """The `count` sentence numbers speaker `index` reads (a reproducible draw without repeats)."""
     if not 0 < count <= len(SENTENCES):
@@ -57,9 +97,10 @@ def sentences_of(index: int, count: int) -> list[int]:
     return sorted(rng.choice(len(SENTENCES), size=count, replace=False).tolist())
 
 
-def cache_file(cache_dir: Path, speaker: Voice, sample_rate: int) -> Path:
-    """Where the utterances of `speaker` at `sample_rate` are kept: one .npz, an int16 array per sentence."""
-    return cache_dir / f"espeak-{sample_rate}" / f"{speaker.name}.npz"
+def cache_file(cache_dir: Path, engine: str, speaker: Voice | FliteVoice, sample_rate: int) -> Path:
+    """Where the utterances of `speaker` at `sample_rate` are kept: one .npz, an int16 array per sentence, named by
+    engine, rate and voice parameters only (a cache filled on one machine serves another)."""
+    return cache_dir / f"{engine}-{sample_rate}" / f"{speaker.name}.npz"
 
 
 @functools.cache
@@ -77,17 +118,21 @@ def resample_batch(waveforms: list[np.ndarray], from_rate: int, to_rate: int) ->
     return [r[: math.ceil(len(w) * to_rate / from_rate)].numpy() for r, w in zip(resampled, waveforms)]
 
 
-def speaker_recordings(index: int, count: int, sample_rate: int, cache_dir: Path) -> list[np.ndarray]:
+def speaker_recordings(
+    index: int, count: int, sample_rate: int, cache_dir: Path, engines: Sequence[str] = ("espeak",)
+) -> list[np.ndarray]:
     """The utterances (int16 at sample_rate, silence trimmed) of speaker `index`, synthesised into the cache once."""
-    speaker, numbers = voice(index), sentences_of(index, count)
-    path = cache_file(cache_dir, speaker, sample_rate)
+    engine, own_index = engine_speaker(index, engines)
+    speaker, numbers = ENGINES[engine].voice(own_index), sentences_of(own_index, count)
+    path = cache_file(cache_dir, engine, speaker, sample_rate)
     cached = dict(np.load(path)) if path.is_file() else {}
     missing = [n for n in numbers if f"s{n}" not in cached]
     if missing:
-        log.info("espeak-ng: synthesising %d sentences of voice %s into %s", len(missing), speaker.name, path.parent)
-        rate = synthesizer().sample_rate
-        spoken = [trim_silence(torch.from_numpy(synthesize(SENTENCES[n], speaker)), rate).numpy() for n in missing]
-        for n, waveform in zip(missing, resample_batch(spoken, rate, sample_rate)):
+        log.info("%s: synthesising %d sentences of voice %s into %s", engine, len(missing), speaker.name, path.parent)
+        spoken = [ENGINES[engine].synthesize(SENTENCES[n], speaker) for n in missing]
+        rate = spoken[0][1]
+        trimmed = [trim_silence(torch.from_numpy(waveform), rate).numpy() for waveform, _ in spoken]
+        for n, waveform in zip(missing, resample_batch(trimmed, rate, sample_rate)):
             cached[f"s{n}"] = (np.clip(waveform, -1, 1) * 32767).astype(np.int16)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".{os.getpid()}.tmp.npz")  # parallel runs share the cache: write, then rename
@@ -96,22 +141,27 @@ def speaker_recordings(index: int, count: int, sample_rate: int, cache_dir: Path
     return [cached[f"s{n}"] for n in numbers]
 
 
-def synthesize_into_cache(indices: Iterable[int], count: int, sample_rate: int, cache_dir: str | Path, workers: int = 1) -> None:
+def synthesize_into_cache(
+    indices: Iterable[int], count: int, sample_rate: int, cache_dir: str | Path, workers: int = 1,
+    engines: Sequence[str] = ("espeak",),
+) -> None:  # fmt: skip
     """Fill the cache for speakers `indices` (`workers` processes, one synthesiser and one torch thread each;
     started fresh, since a forked copy of a process that already ran torch may hang in its thread pool)."""
-    indices, cache_dir = list(indices), Path(cache_dir).expanduser()
+    indices, cache_dir, engines = list(indices), Path(cache_dir).expanduser(), tuple(engines)
     if workers <= 1:
         for index in indices:
-            speaker_recordings(index, count, sample_rate, cache_dir)
+            speaker_recordings(index, count, sample_rate, cache_dir, engines)
         return
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=spawn, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         repeat = len(indices)
-        list(pool.map(speaker_recordings, indices, [count] * repeat, [sample_rate] * repeat, [cache_dir] * repeat))
+        list(pool.map(speaker_recordings, indices, [count] * repeat, [sample_rate] * repeat, [cache_dir] * repeat, [engines] * repeat))
 
 
-def synthetic_speakers(indices: Iterable[int], utterances: int, sample_rate: int, cache_dir: str | Path) -> list[list[Tensor]]:
-    """Speakers `indices` of the catalogue, each a list of `utterances` 1-D float32 waveforms at sample_rate."""
+def synthetic_speakers(
+    indices: Iterable[int], utterances: int, sample_rate: int, cache_dir: str | Path, engines: Sequence[str] = ("espeak",)
+) -> list[list[Tensor]]:
+    """Speakers `indices` of the catalogue of `engines`, each a list of `utterances` 1-D float32 waveforms at sample_rate."""
     cache_dir = Path(cache_dir).expanduser()
-    recordings = (speaker_recordings(index, utterances, sample_rate, cache_dir) for index in indices)
+    recordings = (speaker_recordings(index, utterances, sample_rate, cache_dir, tuple(engines)) for index in indices)
     return [[torch.from_numpy(r.astype(np.float32) / 32768) for r in speaker] for speaker in recordings]

@@ -11,23 +11,25 @@ import torch
 
 from apps.speech.data import DynamicMixtures, FixedMixtures, SeparationDataModule
 from apps.speech.espeak import Voice, synthesize
-from apps.speech.mixing import mix, place
+from apps.speech.mixing import mix, pick_utterances, place
 from apps.speech.sources import PreparedMixtures, folder_speakers
-from apps.speech.tts import ACCENTS, VARIANTS, cache_file, synthesize_into_cache, synthetic_speakers, voice
+from apps.speech.tts import ACCENTS, VARIANTS, cache_file, espeak_voice, synthetic_speakers
 
 LIBRIVOX = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "speech" / "librivox"
 needs_librivox = pytest.mark.skipif(not LIBRIVOX.is_dir(), reason=f"no recordings under {LIBRIVOX}")
 
 
 def test_espeak_voices_differ_and_synthesis_is_cached(tmp_path):
-    assert len({voice(i) for i in range(100)}) == 100
+    assert len({espeak_voice(i) for i in range(100)}) == 100
+    assert espeak_voice(0).name == "en-us-nyc_m6_p61_r158_g82"  # speaker i stays the same voice: caches stay valid
     speakers = synthetic_speakers(range(2), utterances=3, sample_rate=8000, cache_dir=tmp_path)
     assert [len(s) for s in speakers] == [3, 3]
     for utterance in speakers[0]:
         assert utterance.dtype == torch.float32 and 0.5 * 8000 < len(utterance) < 6 * 8000
         assert utterance.abs().max() > 0.05  # speech, trimmed of silence at both ends
         assert utterance[:80].abs().max() > 1e-3 or utterance[-80:].abs().max() > 1e-3
-    path = cache_file(tmp_path, voice(0), 8000)
+    path = cache_file(tmp_path, "espeak", espeak_voice(0), 8000)
+    assert path.relative_to(tmp_path) == Path("espeak-8000/en-us-nyc_m6_p61_r158_g82.npz")
     assert path.is_file() and len(np.load(path).files) == 3
     stamp = path.stat().st_mtime_ns  # the cache is read, not synthesised again
     cached = synthetic_speakers(range(2), utterances=3, sample_rate=8000, cache_dir=tmp_path)
@@ -36,17 +38,11 @@ def test_espeak_voices_differ_and_synthesis_is_cached(tmp_path):
     assert len(wideband[0][0]) == pytest.approx(2 * len(speakers[0][0]), abs=2)
 
 
-def test_cache_fills_in_parallel_processes(tmp_path):
-    synthesize_into_cache(range(3), 2, 8000, tmp_path, workers=2)
-    for index in range(3):
-        assert len(np.load(cache_file(tmp_path, voice(index), 8000)).files) == 2
-
-
 def test_every_accent_and_variant_of_the_catalogue_speaks():
     for language in ACCENTS:
-        assert len(synthesize("Hello.", Voice(language, "m1", 50, 160, 50))) > 1000
+        assert len(synthesize("Hello.", Voice(language, "m1", 50, 160, 50))[0]) > 1000
     for variant in VARIANTS:
-        assert len(synthesize("Hello.", Voice("en", variant, 50, 160, 50))) > 1000
+        assert len(synthesize("Hello.", Voice("en", variant, 50, 160, 50))[0]) > 1000
 
 
 def test_espeak_names_a_missing_voice():
@@ -89,6 +85,25 @@ def test_fixed_mixtures_repeat_and_dynamic_mixtures_do_not():
     assert not torch.equal(dynamic[0][0], dynamic[0][0])
     with pytest.raises(ValueError, match="need 3 speakers"):
         FixedMixtures(speakers[:2], 3, 1000, 2.5, length=1, seed=0)
+
+
+def test_same_speaker_fraction_of_training_draws():
+    speakers = [[torch.randn(100) for _ in range(5)] for _ in range(10)]
+    rng = np.random.default_rng(0)
+    for fraction in (0.0, 0.3, 1.0):
+        draws = [pick_utterances(speakers, 2, rng, fraction) for _ in range(2000)]
+        same = np.mean([a[0] == b[0] for a, b in draws])
+        assert abs(same - fraction) < 0.04  # binomial standard deviation 0.01 at 0.3
+        assert all(a != b for a, b in draws)  # never one utterance twice
+
+
+def test_dynamic_same_speaker_mixtures_hold_one_speaker():
+    # utterance u of speaker s: ones of length 100 + 10 s + u, so a source's non-zero count names its speaker
+    speakers = [[torch.ones(100 + 10 * s + u) for u in range(3)] for s in range(6)]
+    dynamic = DynamicMixtures(speakers, 2, 400, 2.5, length=20, same_speaker_fraction=1.0)
+    for _, sources, _ in (dynamic[i] for i in range(len(dynamic))):
+        lengths = (sources != 0).sum(dim=1) - 100
+        assert lengths[0] // 10 == lengths[1] // 10 and lengths[0] != lengths[1]
 
 
 def write_tone(path: Path, seconds: float, rate: int, frequency: float) -> None:
@@ -140,10 +155,17 @@ def test_prepared_mixture_layouts(layout, tmp_path):
         PreparedMixtures.from_layout(layout, tmp_path / "nowhere", "test", 8000, num_speakers=2)
 
 
-def test_datamodule_rejects_bad_settings():
+def test_datamodule_rejects_bad_settings(tmp_path):
     with pytest.raises(ValueError, match="data.train='tts' is not one of"):
         SeparationDataModule(train="tts")
     with pytest.raises(ValueError, match="needs data.test_path"):
         SeparationDataModule(test="folder")
     with pytest.raises(ValueError, match="8000 or 16000"):
         SeparationDataModule(sample_rate=44100)
+    with pytest.raises(ValueError, match="must list some of espeak, flite, each once"):
+        SeparationDataModule(engines=["espeak", "espeak"])
+    with pytest.raises(ValueError, match="needs dynamic mixing"):
+        SeparationDataModule(train="librimix", train_path="x", same_speaker_fraction=0.5)
+    data = SeparationDataModule(train_voices=2, val_voices=2, utterances_per_voice=1, same_speaker_fraction=0.5, cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="raise data.utterances_per_voice"):
+        data.setup("fit")
