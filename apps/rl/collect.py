@@ -7,6 +7,7 @@ trains Soft Actor-Critic for `sac_steps` environment steps, then writes to the r
     <name>-rollouts.npz   `transitions` steps of the trained, stochastic policy (the "medium" data of D4RL)
     <name>-replay.npz     the whole replay buffer of the training (D4RL's "medium_replay")
     <name>-info.json      returns of the recorded episodes and how the data was made
+    <name>-sac/progress.csv   SAC's own training log (episode returns, losses)
 with progress bars for both phases. An episode cut by the end of the recording is marked as a timeout.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 from omegaconf import DictConfig
 from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import configure
 from tqdm import tqdm
 
 from apps.rl.sources import KEYS
@@ -93,6 +95,7 @@ def make_dataset(settings: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     agent = SAC("MlpPolicy", settings["env"], seed=settings["seed"], buffer_size=settings["sac_steps"] + 1,
                 learning_starts=settings["learning_starts"], device=settings["device"], verbose=0)
+    agent.set_logger(configure(str(out_dir / f"{settings['name']}-sac"), ["csv"]))  # not SB3's default /tmp/SB3-<time>
     agent.learn(settings["sac_steps"], callback=ProgressBar(settings["sac_steps"]))
     rollouts, returns = record_rollouts(agent, settings["env"], settings["transitions"], settings["seed"] + 1,
                                         settings["deterministic"])

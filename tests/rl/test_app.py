@@ -42,6 +42,7 @@ def test_collect_writes_d4rl_style_data(pendulum):
     assert np.abs(replay.actions).max() <= 2.0 and np.abs(replay.actions).max() > 1.0  # environment units, not SB3's [-1, 1]
     info = json.loads((pendulum / "pendulum-info.json").read_text())
     assert info["env"] == "Pendulum-v1" and info["rollout_episodes_finished"] == 1
+    assert (pendulum / "pendulum-sac" / "progress.csv").is_file()  # SAC's log beside the data, nothing left in /tmp
 
 
 def test_train_eval_rollout_predict(pendulum, tmp_path):
