@@ -37,14 +37,21 @@ class FliteVoice:
 
 
 def run(arguments: list[str]) -> bytes:
-    """Standard output of `flite *arguments`; FileNotFoundError naming the fix when flite is not installed."""
+    """Standard output of `flite *arguments`; FileNotFoundError naming the fix when flite is not installed, RuntimeError
+    with flite's own message when it fails (a broken install: a shared library missing, say)."""
     program = shutil.which(PROGRAM)
     if program is None:
         raise FileNotFoundError(
             f"the {PROGRAM!r} program is not on PATH: install it (Debian/Ubuntu: sudo apt-get install flite) "
             "or use the default espeak-ng voices (data.engines=[espeak])"
         )
-    return subprocess.run([program, *arguments], capture_output=True, check=True).stdout
+    done = subprocess.run([program, *arguments], capture_output=True)
+    if done.returncode:
+        raise RuntimeError(
+            f"{program} {' '.join(arguments)} failed (exit {done.returncode}): {done.stderr.decode(errors='replace').strip()}; "
+            "reinstall flite (Debian/Ubuntu: sudo apt-get install flite) or use data.engines=[espeak]"
+        )
+    return done.stdout
 
 
 @functools.cache

@@ -41,6 +41,15 @@ def test_a_missing_flite_program_names_the_fix(tmp_path, monkeypatch):
         flite.run(["-lv"])
 
 
+def test_a_broken_flite_install_shows_flites_message(tmp_path, monkeypatch):
+    program = tmp_path / "flite"  # what a copied flite without its libraries does
+    program.write_text("#!/bin/sh\necho 'flite: error while loading shared libraries: libasound.so.2' >&2\nexit 127\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match="exit 127.*libasound.so.2.*data.engines=\\[espeak\\]"):
+        flite.run(["-lv"])
+
+
 def test_the_mixed_catalogue_interleaves_engines_reproducibly():
     assert [engine_speaker(i, ("espeak", "flite")) for i in range(4)] == [("espeak", 0), ("flite", 0), ("espeak", 1), ("flite", 1)]
     assert [engine_speaker(i, ("espeak",)) for i in range(2)] == [("espeak", 0), ("espeak", 1)]
