@@ -17,6 +17,8 @@ Then, with the halfcheetah-medium checkpoints of seed 0 (1000-step episodes), `r
 policy's latency per environment step: recurrent state (Mamba-2, Gated DeltaNet), attention's KV cache, and
 the original Decision Transformer evaluation that re-runs the whole context at every step (`window`).
 Prints the tables and writes benchmarks/results/<out>.{json,md} with device, versions and date.
+On a GPU every run is `trainer=gpu` (bf16-mixed) since session 7; the committed results below trained in float32
+(`trainer.accelerator=gpu` only), where Mamba-2 and Gated DeltaNet take the PyTorch chunk form, not the kernels.
 A benchmark too long for one machine's session runs in parts, `--datasets` split between them; the committed
 results are these two (hopper on an H100, HalfCheetah on an H200: 24 HalfCheetah trainings at once need more
 than an H100's 80 GB), 251-1462 training steps per run:
@@ -158,7 +160,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every training, e.g. trainer.accelerator=cpu")
     args = parser.parse_args()
     earlier = [json.loads(path.read_text()) for path in args.merge]  # read first: a bad path fails before any training
-    accelerator = ["trainer.accelerator=gpu"] if torch.cuda.is_available() else ["trainer.accelerator=cpu"]
+    # on a GPU bf16-mixed (trainer=gpu), so that the recurrent mixers run their Triton kernels, not the float32 PyTorch form
+    accelerator = ["trainer=gpu"] if torch.cuda.is_available() else ["trainer.accelerator=cpu"]
     args.overrides = accelerator + args.overrides
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
