@@ -76,10 +76,7 @@ def run_all(jobs: dict[str, tuple[str, list[str]]], runs_dir: Path, parallel: in
     """Run {label: (verb, overrides)} with at most `parallel` processes at once; returns the labels that failed."""
     commands = {label: [sys.executable, "-m", "apps.genomics", verb, f"paths.runs={runs_dir}",
                         f"hydra.run.dir={runs_dir / label}", *overrides] for label, (verb, overrides) in jobs.items()}
-    failed = run_parallel(commands, runs_dir, parallel, keep_going=True)
-    for label in failed:
-        print(f"{label} failed; see {runs_dir / (label + '.log')}", flush=True)
-    return failed
+    return run_parallel(commands, runs_dir, parallel, keep_going=True)
 
 
 def metrics_of(run_dir: Path) -> dict:

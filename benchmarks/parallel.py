@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +16,7 @@ def run_parallel(jobs: Mapping[str, list[str]], logs: Path, parallel: int, threa
 
     threads: OMP_NUM_THREADS / MKL_NUM_THREADS of every process (None: inherited), so that processes sharing a
     machine do not each start a thread per core. A failing process gets its exit status (or the signal that
-    killed it) appended to its log; it stops the others and raises SystemExit naming its log, unless `keep_going`;
+    killed it) appended to its log and printed with the log's path; it stops the others and raises SystemExit naming its log, unless `keep_going`;
     then the names of the failed jobs are returned (empty when all succeeded).
     """
     logs.mkdir(parents=True, exist_ok=True)
@@ -36,6 +37,7 @@ def run_parallel(jobs: Mapping[str, list[str]], logs: Path, parallel: int, threa
                 reason = exit_reason(process.returncode)
                 with open(logs / f"{name}.log", "a") as log:
                     log.write(f"\n[run_parallel] {name} failed: {reason}\n")
+                print(f"{name} failed ({reason}); see {logs / (name + '.log')}", file=sys.stderr, flush=True)
                 if not keep_going:
                     for _, other in running:
                         other.terminate()

@@ -17,13 +17,14 @@ def test_every_job_runs_and_logs(tmp_path):
         assert (tmp_path / f"job{i}.log").read_text() == f"hello {i} 3\n"
 
 
-def test_a_failure_stops_the_others_or_is_returned(tmp_path):
+def test_a_failure_stops_the_others_or_is_returned(tmp_path, capsys):
     jobs = {"bad": python("raise SystemExit(3)"), "slow": python("import time; time.sleep(30)")}
     with pytest.raises(SystemExit, match=r"bad failed \(exit 3\); see .*bad.log"):
         run_parallel(jobs, tmp_path, parallel=2)
     jobs = {"bad": python("raise SystemExit(3)"), "good": python("pass")}
     assert run_parallel(jobs, tmp_path, parallel=1, keep_going=True) == ["bad"]
     assert (tmp_path / "bad.log").read_text().endswith("[run_parallel] bad failed: exit 3\n")
+    assert f"bad failed (exit 3); see {tmp_path / 'bad.log'}" in capsys.readouterr().err  # where to look, as it happens
 
 
 def test_a_killed_job_says_by_which_signal(tmp_path):
