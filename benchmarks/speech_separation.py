@@ -32,6 +32,7 @@ from hydra import compose, initialize_config_dir
 from apps.common.cli import register_mixers, register_resolvers
 from apps.speech.__main__ import APP
 from apps.speech.model import count_parameters
+from apps.speech.sources import folder_speakers
 from apps.speech.task import build_model
 from apps.speech.tts import synthesize_into_cache
 from benchmarks.parallel import run_parallel
@@ -126,6 +127,9 @@ def main() -> None:
     args.runs_dir.mkdir(parents=True)
     cores = os.cpu_count() or 1
     overrides = [f"data.cache_dir={cache_dir}", *(["trainer=gpu"] if torch.cuda.is_available() else []), *args.overrides]
+    data = compose_config(overrides).data
+    if data.test_path:  # the test recordings (LibriVox by default) are there: fail before any synthesis
+        folder_speakers(data.test_path, data.sample_rate)
     started = time.perf_counter()
     presynthesize(overrides, workers=cores)
     synthesis_seconds = time.perf_counter() - started

@@ -37,7 +37,8 @@ def folder_speakers(path: str | Path, sample_rate: int) -> list[list[Tensor]]:
     """
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"no folder of recordings at {root}; set data.train_path / data.test_path")
+        raise FileNotFoundError(f"no folder of recordings at {root}; set data.train_path / data.test_path, or paths.data "
+                                "for the default ${paths.data}/speech/librivox")
     directories = sorted(d for d in root.iterdir() if d.is_dir() and audio_files(d))
     groups = [audio_files(d) for d in directories] if directories else [[f] for f in audio_files(root)]
     if not groups:
