@@ -16,8 +16,9 @@ def run_parallel(jobs: Mapping[str, list[str]], logs: Path, parallel: int, threa
 
     threads: OMP_NUM_THREADS / MKL_NUM_THREADS of every process (None: inherited), so that processes sharing a
     machine do not each start a thread per core. A failing process gets its exit status (or the signal that
-    killed it) appended to its log and printed with the log's path; it stops the others and raises SystemExit naming its log, unless `keep_going`;
-    then the names of the failed jobs are returned (empty when all succeeded).
+    killed it) appended to its log; it stops the others and raises SystemExit naming its log, unless `keep_going`:
+    then the failure and its log are printed as it happens and the names of the failed jobs returned (empty when all
+    succeeded).
     """
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ) if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -37,11 +38,12 @@ def run_parallel(jobs: Mapping[str, list[str]], logs: Path, parallel: int, threa
                 reason = exit_reason(process.returncode)
                 with open(logs / f"{name}.log", "a") as log:
                     log.write(f"\n[run_parallel] {name} failed: {reason}\n")
-                print(f"{name} failed ({reason}); see {logs / (name + '.log')}", file=sys.stderr, flush=True)
+                message = f"{name} failed ({reason}); see {logs / (name + '.log')}"
                 if not keep_going:
                     for _, other in running:
                         other.terminate()
-                    raise SystemExit(f"{name} failed ({reason}); see {logs / (name + '.log')}")
+                    raise SystemExit(message)
+                print(message, file=sys.stderr, flush=True)
     return failed
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import soundfile
 
 PROGRAM = "flite"
+FIX = "install flite (Debian/Ubuntu: sudo apt-get install flite) or use the default espeak-ng voices (data.engines=[espeak])"
 
 
 @dataclass(frozen=True)
@@ -41,16 +42,11 @@ def run(arguments: list[str]) -> bytes:
     with flite's own message when it fails (a broken install: a shared library missing, say)."""
     program = shutil.which(PROGRAM)
     if program is None:
-        raise FileNotFoundError(
-            f"the {PROGRAM!r} program is not on PATH: install it (Debian/Ubuntu: sudo apt-get install flite) "
-            "or use the default espeak-ng voices (data.engines=[espeak])"
-        )
+        raise FileNotFoundError(f"the {PROGRAM!r} program is not on PATH: {FIX}")
     done = subprocess.run([program, *arguments], capture_output=True)
     if done.returncode:
-        raise RuntimeError(
-            f"{program} {' '.join(arguments)} failed (exit {done.returncode}): {done.stderr.decode(errors='replace').strip()}; "
-            "reinstall flite (Debian/Ubuntu: sudo apt-get install flite) or use data.engines=[espeak]"
-        )
+        error = done.stderr.decode(errors="replace").strip()
+        raise RuntimeError(f"{program} {' '.join(arguments)} failed (exit {done.returncode}): {error}; {FIX}")
     return done.stdout
 
 

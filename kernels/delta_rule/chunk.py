@@ -35,7 +35,7 @@ from kernels.common.config import all_configs, configs
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
 from kernels.delta_rule.wy import WY_CHOICES, _wy_bwd_kernel, _wy_fwd_kernel
 from kernels.linear_recurrence.chunk import CHUNK_SIZE, DTYPES, MAX_HEAD_DIM, _block, _common, _tile_grid, check_inputs, head_dims_supported
-from kernels.linear_recurrence.passes import KEY, _bwd_dqk_kernel, _bwd_dv_kernel, _fwd_o_kernel
+from kernels.linear_recurrence.passes import DQK_K_TILE, KEY, _bwd_dqk_kernel, _bwd_dv_kernel, _fwd_o_kernel
 
 STATE_CHOICES = all_configs(warps=(4, 2), stages=(2, 3))
 
@@ -246,9 +246,7 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, 
 
     dq = torch.empty_like(q)
     dk_acc = q.new_empty(q.shape, dtype=torch.float32)
-    # K tiles of 64: with 128 the kernel spills about 1 KB per thread on sm_90 (benchmarks.kernels.registers); the
-    # second tile recomputes the score gradient and is still faster (H100, D = 128: fwd+bwd -11 % gated delta rule)
-    BK, BV = _block(K, 64), _block(V, 64)
+    BK, BV = _block(K, DQK_K_TILE), _block(V, 64)
     NK = triton.cdiv(K, BK)
     dg_lr = q.new_empty(NK, B, T, H, dtype=torch.float32) if use_g else None
     _bwd_dqk_kernel[_tile_grid(NK, q, layout)](

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from kernels.common.chunks import ChunkLayout, chunk_layout
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
-from kernels.linear_recurrence.passes import _bwd_dh_kernel, _bwd_dqk_kernel, _bwd_dv_kernel, _fwd_h_kernel, _fwd_o_kernel
+from kernels.linear_recurrence.passes import DQK_K_TILE, _bwd_dh_kernel, _bwd_dqk_kernel, _bwd_dv_kernel, _fwd_h_kernel, _fwd_o_kernel
 from kernels.linear_recurrence.vector_decay import SUB_CHUNK, _dqkg_kernel, _intra_grad_kernel, _intra_scores_kernel
 
 CHUNK_SIZE = 64
@@ -66,8 +66,6 @@ def _state_pass(
     V = v.shape[-1]
     h = k.new_empty(layout.total_chunks, H, K, V)
     ht = k.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if output_final_state else None
-    # K tiles of 64: with 128 the kernel spills about 1 KB per thread on sm_90 (benchmarks.kernels.registers); the
-    # second tile recomputes the score gradient and is still faster (H100, D = 128: fwd+bwd -11 % gated delta rule)
     BK, BV = _block(K, 64), _block(V, 64)
     _fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), layout.n_seqs * H)](
         k, v, gc, h, h0, ht, layout.cu_seqlens, layout.chunk_offsets, T,
@@ -131,7 +129,7 @@ def _backward(q, k, v, gc, scale, h0, layout, do, dht, need_dh0, A=None):
         return dq, dk, dv, dg, dh0
 
     dq, dk = torch.empty_like(q), torch.empty_like(k)
-    BK, BV = _block(K, 64), _block(V, 64)
+    BK, BV = _block(K, DQK_K_TILE), _block(V, 64)
     NK = triton.cdiv(K, BK)
     dg = q.new_empty(NK, B, T, H, dtype=torch.float32) if gc is not None else None
     _bwd_dqk_kernel[_tile_grid(NK, q, layout)](
