@@ -37,6 +37,7 @@ from pathlib import Path
 import lightning
 import torch
 
+from apps.common.cli import QUIET
 from benchmarks.parallel import max_time, run_parallel
 
 # the data directory, resolved here so that the table's runs name the files they read
@@ -69,7 +70,7 @@ def budget(steps: int, minutes: float, batches_per_epoch: int) -> list[str]:
     epochs = max(1, -(-steps // batches_per_epoch))
     return [f"trainer.max_steps={steps}", f"trainer.max_epochs={epochs}", f"data.train_batches={min(steps, batches_per_epoch)}",
             f"trainer.max_time={max_time(round(minutes * 60))}", "~callbacks.early_stopping",
-            "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", "data.batch_size=64", "data.val_windows=512"]
+            *QUIET, "data.batch_size=64", "data.val_windows=512"]
 
 
 def run_all(jobs: dict[str, tuple[str, list[str]]], runs_dir: Path, parallel: int) -> list[str]:

@@ -43,6 +43,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from apps.common.cli import QUIET
 from benchmarks.parallel import max_time, run_parallel
 
 MODELS = {
@@ -61,7 +62,7 @@ DATASETS = {
 BUDGET = [
     "data.context=null", "data.batches_per_epoch=250",
     "task.val_episodes=5", "task.test_episodes=10",
-    "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+    *QUIET,
 ]
 LATENCY = {  # (model, inference): the halfcheetah-medium seed-0 checkpoint it is measured with
     "dt_attention (KV cache)": ("dt_attention", "recurrent"),

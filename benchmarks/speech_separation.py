@@ -29,7 +29,7 @@ import torch
 import torchaudio
 from hydra import compose, initialize_config_dir
 
-from apps.common.cli import register_mixers, register_resolvers
+from apps.common.cli import QUIET, register_mixers, register_resolvers
 from apps.speech.__main__ import APP
 from apps.speech.model import count_parameters
 from apps.speech.sources import folder_speakers
@@ -73,7 +73,7 @@ def presynthesize(overrides: list[str], workers: int) -> None:
 
 def command(model: str, runs_dir: Path, overrides: list[str]) -> list[str]:
     return [sys.executable, "-m", "apps.speech", "train", "experiment=separation", f"name=separation_{model}",
-            f"paths.runs={runs_dir}", *MODELS[model], *overrides]  # fmt: skip
+            f"paths.runs={runs_dir}", *MODELS[model], *QUIET, *overrides]  # fmt: skip
 
 
 def espeak_test_command(model: str, runs_dir: Path, overrides: list[str]) -> list[str]:
@@ -81,7 +81,7 @@ def espeak_test_command(model: str, runs_dir: Path, overrides: list[str]) -> lis
     checkpoints = Path(record_of(model, runs_dir)["run_dir"]) / "checkpoints"
     checkpoint = next(path for path in (checkpoints / "best.ckpt", checkpoints / "last.ckpt") if path.exists())
     return [sys.executable, "-m", "apps.speech", "eval", f"ckpt_path={checkpoint}",
-            f"name=separation_{model}_espeak", f"paths.runs={runs_dir}", *espeak_test(overrides)]  # fmt: skip
+            f"name=separation_{model}_espeak", f"paths.runs={runs_dir}", *QUIET, *espeak_test(overrides)]  # fmt: skip
 
 
 def record_of(run_name: str, runs_dir: Path) -> dict:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from apps.common.cli import QUIET
 from apps.common.results import load_runs
 from benchmarks.parallel import run_parallel
 
@@ -40,7 +41,7 @@ RESULTS = Path(__file__).parent / "results"
 def command(model: str, runs_dir: Path, horizons: list[int], overrides: list[str]) -> list[str]:
     horizons = ",".join(map(str, horizons))
     return [sys.executable, "-m", "apps.timeseries", "train", "-m", "experiment=etth1", f"data.horizon={horizons}",
-            f"name=etth1_{model}", f"paths.runs={runs_dir}", *MODELS[model], *overrides]
+            f"name=etth1_{model}", f"paths.runs={runs_dir}", *MODELS[model], *QUIET, *overrides]
 
 
 def table(runs_dir: Path, models: list[str]) -> list[dict]:

@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import apps.vision  # noqa: F401  (registers the timm models that the saved configs name)
+from apps.common.cli import QUIET
 from benchmarks.parallel import run_parallel
 
 MODELS = {"vit": "ViT", "vim": "Vision Mamba (bidirectional Mamba-2)", "vil": "Vision-LSTM (mLSTM, alternating)",
@@ -41,7 +42,7 @@ RESULTS = Path(__file__).parent / "results"
 def command(model: str, runs_dir: Path, max_time: str, overrides: list[str]) -> list[str]:
     return [sys.executable, "-m", "apps.vision", "train", "experiment=fashion_mnist", f"model={model}",
             f"name=fashion_mnist_{model}", f"paths.runs={runs_dir}", f"trainer.max_time={max_time}",
-            "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", *overrides]
+            *QUIET, *overrides]
 
 
 def parameters(run_dir: Path) -> int:

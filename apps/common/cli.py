@@ -35,6 +35,9 @@ from apps.common.trainer import checkpoint_overrides, find_checkpoint
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMON_CONF = Path(__file__).resolve().parent / "conf"
 CHECKPOINT_VERBS = ("eval", "predict")  # verbs that need ckpt_path=
+# overrides for a run whose output goes to a log file (benchmarks, tests): no progress bar, whose redraws fill the
+# log, and no model summary
+QUIET = ["~callbacks.progress_bar", "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
 
 def register_mixers(config_dir: Path) -> None:

@@ -67,14 +67,19 @@ def run_info(cfg: DictConfig, started: float, **extra: Any) -> dict[str, Any]:
     }
 
 
+def data_and_task(cfg: DictConfig, app: App, stage: str | None = None) -> tuple[L.LightningDataModule, L.LightningModule]:
+    """The datamodule of cfg.data after setup(stage), and the app's task built for it."""
+    datamodule = instantiate(cfg.data)
+    datamodule.setup(stage)
+    return datamodule, app.build_task(cfg, datamodule)
+
+
 def train(cfg: DictConfig, app: App) -> dict[str, float]:
     """Fit (resuming from cfg.ckpt_path if set), test the best checkpoint, write loss_curves.png and metrics.json."""
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup()
-    task = app.build_task(cfg, datamodule)
+    datamodule, task = data_and_task(cfg, app)
     trainer = build_trainer(cfg)
     fit_started = time.perf_counter()
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
@@ -97,9 +102,7 @@ def evaluate(cfg: DictConfig, app: App) -> dict[str, float]:
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup()
-    task = app.build_task(cfg, datamodule)
+    datamodule, task = data_and_task(cfg, app)
     trainer = build_trainer(cfg)
     metrics = trainer.test(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)[0]
     if trainer.is_global_zero:
@@ -112,9 +115,7 @@ def predict(cfg: DictConfig, app: App) -> Any:
     """Predict past the end of the data with the checkpoint cfg.ckpt_path; the app writes the files."""
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("predict")
-    task = app.build_task(cfg, datamodule)
+    datamodule, task = data_and_task(cfg, app, "predict")
     trainer = build_trainer(cfg)
     predictions = trainer.predict(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     if not trainer.is_global_zero:

@@ -9,7 +9,6 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from apps.common import run
@@ -57,9 +56,7 @@ def embed(cfg: DictConfig, app: App) -> pd.DataFrame:
     """Mean-pooled features of every record of data.predict_path with the checkpoint cfg.ckpt_path:
     embeddings.npy (records, d_model) float32 and embeddings.csv (name, length), in record order."""
     output_dir = Path(cfg.paths.output_dir)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("predict")
-    task = app.build_task(cfg, datamodule)
+    datamodule, task = run.data_and_task(cfg, app, "predict")
     task.load_state_dict(torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)["state_dict"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = task.model.to(device).eval()

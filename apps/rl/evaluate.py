@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from apps.common.results import write_metrics
-from apps.common.run import run_info
+from apps.common.run import data_and_task, run_info
 from apps.rl.task import write_episodes
 
 log = logging.getLogger(__name__)
@@ -27,9 +26,7 @@ log = logging.getLogger(__name__)
 def rollout(cfg: DictConfig, app: Any) -> dict[str, float]:
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup()
-    task = app.build_task(cfg, datamodule)
+    datamodule, task = data_and_task(cfg, app)
     checkpoint = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)
     task.load_state_dict(checkpoint["state_dict"])
     use_gpu = torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"

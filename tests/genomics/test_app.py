@@ -10,12 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from apps.common.cli import main
+from apps.common.cli import QUIET, main
 from apps.genomics.__main__ import APP
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "genomics"
 needs_data = pytest.mark.skipif(not (DATA / "umaydis_genome.fa.gz").is_file(), reason=f"no genomics data under {DATA}")
-QUIET = ["~callbacks.progress_bar", "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 TINY = ["model.d_model=16", "model.depth=1", "data.batch_size=8", "data.train_batches=3", "data.val_windows=16",
         "data.test_windows=16", "trainer.max_epochs=1", *QUIET]
 

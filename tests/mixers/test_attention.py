@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import core
-from core.mixers.attention import AttentionMixer, KVCache
+from core.mixers.attention import AttentionMixer
 from core.rotary import apply_rotary
 from tests.mixers.helpers import assert_close, randn, run_in_pieces
 

@@ -8,7 +8,6 @@ import torch
 import core
 from core import presets
 from core.mixers.rglru import MAX_SQRT_GRADIENT, sqrt_bounded_derivative
-from core.state import RecurrentState
 from tests.mixers.helpers import assert_same_results, assert_states_close, outputs_states_and_gradients, randn, run_in_pieces
 
 D_MODEL = 32

@@ -12,11 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from apps.common.cli import main
+from apps.common.cli import QUIET, main
 from apps.rl.__main__ import APP
 from apps.rl.sources import load_transitions
 
-QUIET = ["~callbacks.progress_bar", "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 TINY = ["model.d_model=16", "model.depth=1", "data.batch_size=8", "data.batches_per_epoch=3", "data.context=10",
         "trainer.max_epochs=2", "task.val_episodes=2", "task.test_episodes=2", "data.env.max_episode_steps=40", *QUIET]
 

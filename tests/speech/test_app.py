@@ -12,14 +12,13 @@ import pytest
 import soundfile
 import torch
 
-from apps.common.cli import main
+from apps.common.cli import QUIET, main
 from apps.speech.__main__ import APP
 from apps.speech.audio import read_wav
 
 LIBRIVOX = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "speech" / "librivox"
 needs_librivox = pytest.mark.skipif(not LIBRIVOX.is_dir(), reason=f"no recordings under {LIBRIVOX}")
 
-QUIET = ["~callbacks.progress_bar", "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 TINY_DATA = [
     "data.train_voices=4", "data.val_voices=2", "data.test_voices=2", "data.utterances_per_voice=3",
     "data.segment_seconds=0.25", "data.train_mixtures=8", "data.val_mixtures=2", "data.test_mixtures=2", "data.batch_size=4",

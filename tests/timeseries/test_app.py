@@ -16,7 +16,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import core
-from apps.common.cli import main, register_mixers, register_resolvers
+from apps.common.cli import QUIET, main, register_mixers, register_resolvers
 from apps.common.trainer import checkpoint_overrides
 from apps.timeseries.__main__ import APP
 from apps.timeseries.data import ForecastDataModule
@@ -26,7 +26,6 @@ from apps.timeseries.task import build_task
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "timeseries"
 needs_ett = pytest.mark.skipif(not (DATA / "ETTh1.csv").is_file(), reason=f"no ETTh1.csv under {DATA}")
 
-QUIET = ["~callbacks.progress_bar", "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 TINY_DATA = [
     "data.lookback=48", "data.horizon=24", "data.batch_size=32",
     "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",

@@ -14,13 +14,12 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from apps.common.cli import main
+from apps.common.cli import QUIET, main
 from apps.vision.__main__ import APP
 
 FASHION = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "vision" / "fashion-mnist"
 needs_fashion = pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(), reason=f"no Fashion-MNIST under {FASHION}")
 
-QUIET = ["~callbacks.progress_bar", "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 TINY = ["model.embed_dim=32", "model.depth=2", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
         "trainer.limit_val_batches=2", "trainer.limit_test_batches=3", "data.batch_size=32", *QUIET]
 FAST_DEV = ["model.embed_dim=32", "model.depth=2", "data.batch_size=8", "trainer.fast_dev_run=true", *QUIET]
