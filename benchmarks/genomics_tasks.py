@@ -38,7 +38,7 @@ import lightning
 import torch
 
 from apps.common.cli import QUIET
-from benchmarks.parallel import max_time, run_parallel
+from benchmarks.parallel import run_parallel, step_budget
 
 # the data directory, resolved here so that the table's runs name the files they read
 DATA_GENOMICS = Path(os.environ.get("SEQMIX_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")) / "genomics"
@@ -67,9 +67,7 @@ RESULTS = Path(__file__).parent / "results"
 def budget(steps: int, minutes: float, batches_per_epoch: int) -> list[str]:
     """Trainer overrides for `steps` optimizer steps (validation and checkpoints every `batches_per_epoch`) or
     `minutes`, whichever ends first; no early stopping, so every model gets the same budget."""
-    epochs = max(1, -(-steps // batches_per_epoch))
-    return [f"trainer.max_steps={steps}", f"trainer.max_epochs={epochs}", f"data.train_batches={min(steps, batches_per_epoch)}",
-            f"trainer.max_time={max_time(round(minutes * 60))}", "~callbacks.early_stopping",
+    return [*step_budget(steps, minutes, batches_per_epoch), f"data.train_batches={min(steps, batches_per_epoch)}", "~callbacks.early_stopping",
             *QUIET, "data.batch_size=64", "data.val_windows=512"]
 
 

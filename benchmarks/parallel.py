@@ -52,6 +52,13 @@ def max_time(seconds: int) -> str:
     return f"{seconds // 86400:02d}:{seconds % 86400 // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def step_budget(steps: int, minutes: float, batches_per_epoch: int) -> list[str]:
+    """Trainer overrides for `steps` optimizer steps or `minutes`, whichever ends first, in epochs of
+    `batches_per_epoch` batches (enough epochs for the steps: Lightning stops at the first limit it meets)."""
+    epochs = max(1, -(-steps // batches_per_epoch))
+    return [f"trainer.max_steps={steps}", f"trainer.max_epochs={epochs}", f"trainer.max_time={max_time(round(minutes * 60))}"]
+
+
 def exit_reason(returncode: int) -> str:
     """'exit N', or the signal that ended the process (a negative return code), e.g. the out-of-memory killer's."""
     if returncode > 0:

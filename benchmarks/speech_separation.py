@@ -1,10 +1,11 @@
 """Speech separation benchmark through the speech app: SI-SNRi on mixtures of real LibriVox recordings.
 
-    python -m benchmarks.speech_separation [--models attention mamba2 gated_deltanet convtasnet] [--parallel 4] [-- overrides...]
-    python -m benchmarks.speech_separation --out speech_separation_cpu_smoke -- trainer.max_steps=5 data.train_voices=8
+    python -m benchmarks.speech_separation [--models attention mamba2 gated_deltanet convtasnet] [--parallel 4]
+        [--steps 2000] [--minutes 5] [-- overrides...]
+    python -m benchmarks.speech_separation --out speech_separation_cpu_smoke --steps 5 -- data.train_voices=8
 
 Every model trains on the same two-speaker dynamic mixtures of espeak-ng voices with the same budget
-(`experiment=separation`: 2,000 steps of 8 two-second mixtures, at most 5 minutes) and is tested on the
+(`experiment=separation`: --steps of 8 two-second mixtures, 2,000 by default, each run capped at --minutes) and is tested on the
 20 mixtures of the five LibriVox recordings in ../shared/data/speech/librivox (all read by one person: same-speaker
 mixtures), then its best checkpoint is tested again (`eval`) on 64 mixtures of 8 espeak-ng voices that neither
 training nor validation used (ESPEAK_TEST; different speakers; espeak-ng voices also when the training voices
@@ -35,7 +36,7 @@ from apps.speech.model import count_parameters
 from apps.speech.sources import folder_speakers
 from apps.speech.task import build_model
 from apps.speech.tts import synthesize_into_cache
-from benchmarks.parallel import run_parallel
+from benchmarks.parallel import run_parallel, step_budget
 
 MODELS = {  # similar sizes: about 1.5 M parameters each (the table lists them)
     "attention": ["model/mixer=attention", "model.d_model=144", "model.mlp_expand=4.0"],
@@ -69,6 +70,12 @@ def presynthesize(overrides: list[str], workers: int) -> None:
     voices = train.train_voices + train.val_voices
     for data, indices in ((train, range(voices)), (test, range(voices, voices + test.test_voices))):
         synthesize_into_cache(indices, data.utterances_per_voice, data.sample_rate, data.cache_dir, workers, data.engines)
+
+
+def training_data(data) -> str:
+    """What the models train on, in words: the engines of the voices and the share of same-speaker mixtures."""
+    same = f", {data.same_speaker_fraction:.0%} of them same-speaker" if data.same_speaker_fraction else ""
+    return f"{' + '.join(data.engines)} dynamic mixtures{same}"
 
 
 def command(model: str, runs_dir: Path, overrides: list[str]) -> list[str]:
@@ -118,6 +125,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--parallel", type=int, default=4, help="models trained at the same time")
+    parser.add_argument("--steps", type=int, default=2000, help="optimizer steps of every model (the same for all)")
+    parser.add_argument("--minutes", type=float, default=5.0, help="time cap of every training run (a run that reaches it makes fewer steps)")
     parser.add_argument("--out", default="speech_separation", help="file stem of the results under benchmarks/results")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/benchmarks"), help="runs go to a new dated folder in it")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. trainer.max_steps=1000")
@@ -128,8 +137,9 @@ def main() -> None:
     cores = os.cpu_count() or 1
     overrides = [f"data.cache_dir={cache_dir}", *(["trainer=gpu"] if torch.cuda.is_available() else []), *args.overrides]
     data = compose_config(overrides).data
-    if data.test_path:  # the test recordings (LibriVox by default) are there: fail before any synthesis
-        folder_speakers(data.test_path, data.sample_rate)
+    overrides = [*step_budget(args.steps, args.minutes, data.train_mixtures // data.batch_size), *overrides]
+    # the test recordings (LibriVox by default) are there: fail before any synthesis
+    recordings = sum(map(len, folder_speakers(data.test_path, data.sample_rate))) if data.test_path else 0
     started = time.perf_counter()
     presynthesize(overrides, workers=cores)
     synthesis_seconds = time.perf_counter() - started
@@ -145,8 +155,9 @@ def main() -> None:
     print(text)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
     info = {
-        "benchmark": "2-speaker separation: trained on espeak-ng dynamic mixtures (8 kHz, same steps for every model), "
-        "tested on the 20 mixtures of 5 real LibriVox recordings (one reader) and on 64 mixtures of 8 held-out espeak-ng voices",
+        "benchmark": f"2-speaker separation: trained on {training_data(data)} ({data.sample_rate // 1000} kHz, {args.steps} steps at most for every model), "
+        f"tested on {data.test_mixtures} mixtures of the {recordings} recordings in {data.test_path} (LibriVox by default: one reader) "
+        "and on 64 mixtures of 8 held-out espeak-ng voices",
         "device": device, "cpu_cores": cores, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
         "torchaudio": torchaudio.__version__, "lightning": lightning.__version__, "overrides": overrides,
         "synthesis_seconds": round(synthesis_seconds), "wall_seconds": round(time.perf_counter() - started), "rows": rows, "failed": failed,

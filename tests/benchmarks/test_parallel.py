@@ -1,9 +1,10 @@
-"""benchmarks.parallel.run_parallel: logs per job, thread settings, failures stop the rest or are returned."""
+"""benchmarks.parallel: run_parallel (logs per job, thread settings, failures stop the rest or are returned) and the
+budget overrides."""
 import sys
 
 import pytest
 
-from benchmarks.parallel import max_time, run_parallel
+from benchmarks.parallel import max_time, run_parallel, step_budget
 
 
 def python(code: str) -> list[str]:
@@ -35,3 +36,9 @@ def test_a_killed_job_says_by_which_signal(tmp_path):
 
 def test_max_time_is_lightnings_days_hours_minutes_seconds():
     assert max_time(80) == "00:00:01:20" and max_time(90061) == "01:01:01:01"
+
+
+def test_step_budget_has_enough_epochs_for_the_steps():
+    assert step_budget(2000, 5, 250) == ["trainer.max_steps=2000", "trainer.max_epochs=8", "trainer.max_time=00:00:05:00"]
+    assert step_budget(2001, 0.5, 250)[1] == "trainer.max_epochs=9"  # a last, partial epoch
+    assert step_budget(5, 1, 250)[1] == "trainer.max_epochs=1"
