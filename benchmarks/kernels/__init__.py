@@ -36,7 +36,8 @@ backward returned). To pay autotuning once across machines, set TRITON_CACHE_AUT
 TRITON_CACHE_DIR that is kept (copied back from the run and carried into the next one). The JSON and markdown are rewritten after every measurement, so a killed
 run keeps what it measured; --resume JSON continues such a run, keeping its finished rows.
 Output: DIR/kernels_<device>_<date>.{json,md} (default DIR benchmarks/results), with the device,
-torch / triton / CUDA / fla versions and the date. Needs a CUDA GPU; on a machine without one it
+torch / triton / CUDA / fla versions and the date; the JSON's `autotuned` (also printed) holds the config the
+autotuner chose for each of our kernels, and whether that is the default one (SEQMIX_TRITON_AUTOTUNE=0). Needs a CUDA GPU; on a machine without one it
 stops with a message (the pure parts, roofline_model, parse_shapes and markdown, are tested on CPU
 in tests/benchmarks/test_kernels.py).
 

@@ -169,6 +169,21 @@ def profile(op: str, shape: Shape, seconds: float | None) -> str:
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=20)
 
 
+def chosen_configs() -> dict[str, list[dict]]:
+    """The config the autotuner chose for each of our kernels, per autotune key it met in this process: warps,
+    stages and whether it is the default (the first choice: what runs with SEQMIX_TRITON_AUTOTUNE=0)."""
+    from kernels.delta_rule.chunk import AUTOTUNED as DELTA
+    from kernels.linear_recurrence.passes import AUTOTUNED as LINEAR
+
+    def config(key: tuple, chosen, default) -> dict:
+        warps_stages = (chosen.num_warps, chosen.num_stages)
+        return {"key": [str(k) for k in key], "num_warps": warps_stages[0], "num_stages": warps_stages[1],
+                "default": warps_stages == (default.num_warps, default.num_stages)}
+
+    return {kernel.base_fn.__name__: [config(key, chosen, choices[0]) for key, chosen in kernel.cache.items()]
+            for kernel, choices in {**LINEAR, **DELTA}.items() if kernel.cache}
+
+
 def ceilings() -> dict:
     """Measured device-to-device copy bandwidth (bytes read + written) and bf16 8192^3 matmul rate."""
     from triton.testing import do_bench

@@ -187,7 +187,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{op:<12}{shape.name:<20}{impl:<12} fwd {_fmt_ms(f):>10}  fwd+bwd {_fmt_ms(fb):>12}  peak {_fmt_peak(row):>12} GiB  "
               f"errors {_fmt_errors(row['errors_vs_float32_chunk'])}  {f.get('message') or fb.get('message') or ''}", flush=True)
     cache.clear()
+    result["autotuned"] = measuring.chosen_configs()
     save()
+    for kernel, chosen in result["autotuned"].items():
+        print(f"autotuned {kernel}: " + "; ".join(f"{c['num_warps']} warps, {c['num_stages']} stages{' (default)' if c['default'] else ''}"
+                                               for c in chosen), flush=True)
     print("\n" + markdown(result))
     print(f"wrote {path} and {path.with_suffix('.md')} in {time.monotonic() - start:.0f} s")
     return result

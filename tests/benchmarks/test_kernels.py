@@ -198,6 +198,7 @@ def test_run_on_cpu_with_faked_cuda(monkeypatch, tmp_path):
     assert max(rows["gla", "torch_chunk"]["errors_vs_float32_chunk"].values()) < 1e-6  # float32 inputs: the reference itself
     assert rows["attention", "sdpa"]["errors_vs_float32_chunk"] == {}
     assert result["rows"] == saved["rows"]
+    assert saved["autotuned"] == {}  # none of our kernels ran
     # resume: finished rows are kept, an unfinished one is measured again
     saved["rows"][0]["fwdbwd"] = {"status": "time budget", "message": "over"}
     saved["rows"][1]["fwd"]["ms"] = 123.0
@@ -205,3 +206,15 @@ def test_run_on_cpu_with_faked_cuda(monkeypatch, tmp_path):
     again = run.main(argv + ["--resume", str(path)])
     assert again["rows"][0]["fwdbwd"]["status"] == "ok" and again["rows"][1]["fwd"]["ms"] == 123.0
     assert len(again["earlier_runs"]) == 1
+
+
+def test_chosen_configs_name_the_autotuners_choice_and_whether_it_is_the_default(monkeypatch):
+    from kernels.delta_rule.chunk import AUTOTUNED, _delta_dh_kernel
+
+    choices = AUTOTUNED[_delta_dh_kernel]
+    monkeypatch.setattr(_delta_dh_kernel, "cache", {(128, 64, torch.bfloat16): choices[-1], (64, 64, torch.float32): choices[0]})
+    last, first = choices[-1], choices[0]
+    assert measuring.chosen_configs()["_delta_dh_kernel"] == [
+        {"key": ["128", "64", "torch.bfloat16"], "num_warps": last.num_warps, "num_stages": last.num_stages, "default": False},
+        {"key": ["64", "64", "torch.float32"], "num_warps": first.num_warps, "num_stages": first.num_stages, "default": True},
+    ]
