@@ -29,6 +29,7 @@ import lightning
 import torch
 import torchaudio
 from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 from apps.common.cli import QUIET, register_mixers, register_resolvers
 from apps.speech.__main__ import APP
@@ -72,7 +73,7 @@ def presynthesize(overrides: list[str], workers: int) -> None:
         synthesize_into_cache(indices, data.utterances_per_voice, data.sample_rate, data.cache_dir, workers, data.engines)
 
 
-def training_data(data) -> str:
+def training_data(data: DictConfig) -> str:
     """What the models train on, in words: the engines of the voices and the share of same-speaker mixtures."""
     same = f", {data.same_speaker_fraction:.0%} of them same-speaker" if data.same_speaker_fraction else ""
     return f"{' + '.join(data.engines)} dynamic mixtures{same}"
