@@ -129,6 +129,27 @@ def score_table(rows: pd.DataFrame, column: str) -> str:
     return "\n".join(lines)
 
 
+def target_check(rows: pd.DataFrame, column: str) -> str:
+    """The benchmark's target, cell by cell: every Decision Transformer at or above BC and above the data set's mean
+    score (means over seeds of `column`). A miss below BC comes with the standard error of the difference of the two
+    means, so that one inside the seeds' noise reads as such."""
+    stats = rows.groupby(["dataset", "model"], sort=False)[column].agg(["mean", "std", "size"])
+    data = rows.groupby("dataset")["data_score"].first()
+    cells = [(dataset, model) for dataset, model in stats.index if model.startswith("dt_")]
+    misses = []
+    for dataset, model in cells:
+        dt = stats.loc[(dataset, model)]
+        if dt["mean"] <= data[dataset]:
+            misses.append(f"{model} on {dataset} {dt['mean']:.1f}, not above the data set's {data[dataset]:.1f}")
+        if (dataset, "bc") in stats.index and dt["mean"] < stats.loc[(dataset, "bc"), "mean"]:
+            bc = stats.loc[(dataset, "bc")]
+            error = (dt["std"] ** 2 / dt["size"] + bc["std"] ** 2 / bc["size"]) ** 0.5
+            misses.append(f"{model} on {dataset} {dt['mean']:.1f}, below BC's {bc['mean']:.1f} "
+                          f"(difference {dt['mean'] - bc['mean']:+.1f}, standard error {error:.1f})")
+    verdict = "met in every cell" if not misses else f"{len(misses)} misses: " + "; ".join(misses)
+    return f"Target (every DT at or above BC and above the data set's mean; DT cells checked: {len(cells)}): {verdict}."
+
+
 def latency_dir(runs_dir: Path, label: str) -> Path:
     model, inference = LATENCY[label]
     return runs_dir / "latency" / f"{model}_{inference}"
@@ -195,8 +216,9 @@ def main() -> None:
 
     text = "\n\n".join([
         "Normalised score (D4RL reference returns; mean ± std over seeds) of the best checkpoint (by validation rollouts) "
-        "on the test episodes:\n\n" + score_table(rows, "score"),
-        "Score of the last validation, i.e. of the final weights:\n\n" + score_table(rows, "score_last"),
+        "on the test episodes:\n\n" + score_table(rows, "score") + "\n\n" + target_check(rows, "score"),
+        "Score of the last validation, i.e. of the final weights:\n\n" + score_table(rows, "score_last") + "\n\n"
+        + target_check(rows, "score_last"),
         f"Policy latency per environment step on {latency_dataset} (10 environments batched):\n\n"
         + "\n".join(["| policy | ms / step | score |", "|---|---|---|"]
                     + [f"| {r['policy']} | {r['ms_per_step']:.2f} | {r['score']:.1f} |" for r in latency]),

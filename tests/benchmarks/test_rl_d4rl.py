@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.rl_d4rl import failed_runs, merge_runs, score_table, train_command
+from benchmarks.rl_d4rl import failed_runs, merge_runs, score_table, target_check, train_command
 
 
 def run(dataset: str, model: str, seed: int, score: float) -> dict:
@@ -38,3 +38,13 @@ def test_cells_with_failed_seeds_say_how_many_they_have_and_failures_survive_a_m
     assert "| dt_mamba2 | 23.0 ± 1.4 (2 of 3 seeds) | **23.0** |" in table and "| bc | 20.0 ± 0.0 | **20.0** |" in table
     earlier = [{"runs": [], "failed": ["hopper-medium_dt_mamba2_seed1", "hopper-medium_bc_seed1"]}]
     assert failed_runs(["x_seed0"], earlier, rows) == ["x_seed0", "hopper-medium_dt_mamba2_seed1"]  # bc seed 1 has a row now
+
+
+def test_target_check_names_each_miss_with_its_noise():
+    bc = [run("hopper-medium", "bc", seed, score) for seed, score in enumerate((21.0, 22.0, 23.0))]
+    rows = pd.DataFrame(bc + [run("hopper-medium", "dt_attention", seed, 30.0) for seed in range(3)])
+    assert target_check(rows, "score") == "Target (every DT at or above BC and above the data set's mean; DT cells checked: 1): met in every cell."
+    low = [run("hopper-medium", "dt_mamba2", seed, score) for seed, score in enumerate((19.0, 20.0, 21.0))]
+    text = target_check(pd.DataFrame(bc + low), "score")
+    assert text.endswith("2 misses: dt_mamba2 on hopper-medium 20.0, not above the data set's 20.0; "
+                         "dt_mamba2 on hopper-medium 20.0, below BC's 22.0 (difference -2.0, standard error 0.8).")
