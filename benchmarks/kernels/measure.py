@@ -176,9 +176,8 @@ def chosen_configs() -> dict[str, list[dict]]:
     from kernels.linear_recurrence.passes import AUTOTUNED as LINEAR
 
     def config(key: tuple, chosen, default) -> dict:
-        warps_stages = (chosen.num_warps, chosen.num_stages)
-        return {"key": [str(k) for k in key], "num_warps": warps_stages[0], "num_stages": warps_stages[1],
-                "default": warps_stages == (default.num_warps, default.num_stages)}
+        return {"key": [str(k) for k in key], "num_warps": chosen.num_warps, "num_stages": chosen.num_stages,
+                "default": (chosen.num_warps, chosen.num_stages) == (default.num_warps, default.num_stages)}
 
     return {kernel.base_fn.__name__: [config(key, chosen, choices[0]) for key, chosen in kernel.cache.items()]
             for kernel, choices in {**LINEAR, **DELTA}.items() if kernel.cache}
