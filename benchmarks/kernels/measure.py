@@ -151,18 +151,25 @@ def measure(op: str, shape: Shape, impl: str, inputs: dict, ref: dict | None, se
 
 def profile(op: str, shape: Shape, seconds: float | None) -> str:
     """CUDA time of each kernel in ten forward + backward passes of ours (after warm-up, so autotuning is
-    excluded), as torch.profiler's table, sorted by total CUDA time."""
+    excluded), as torch.profiler's table, sorted by total CUDA time. Gradients are dropped after each pass, as
+    do_bench's grad_to_none does, so that no accumulation into .grad shows up."""
     try:
         with time_limit(seconds, f"profile {op} {shape.name}"):
             fn, _ = implementation(op, "ours")
             inputs = make_inputs(op, shape)
             leaves = {n: inputs[n].detach().requires_grad_() for n in LEAVES if n in inputs}
+
+            def forward_backward() -> None:
+                fn(**leaves, scale=shape.D**-0.5).backward(inputs["do"])
+                for leaf in leaves.values():
+                    leaf.grad = None
+
             with torch.autograd.set_multithreading_enabled(False):  # autotuning in the backward stays interruptible
                 for _ in range(3):
-                    fn(**leaves, scale=shape.D**-0.5).backward(inputs["do"])
+                    forward_backward()
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 for _ in range(10):
-                    fn(**leaves, scale=shape.D**-0.5).backward(inputs["do"])
+                    forward_backward()
                 torch.cuda.synchronize()
     except Exception as error:  # noqa: BLE001 - reported, not fatal
         return message(error)
