@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5.0, help="time cap of every training run (a run that reaches it makes fewer steps)")
     parser.add_argument("--out", default="speech_separation", help="file stem of the results under benchmarks/results")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/benchmarks"), help="runs go to a new dated folder in it")
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. trainer.max_steps=1000")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. data.engines=[espeak,flite]")
     args = parser.parse_args()
     cache_dir = args.runs_dir.resolve() / "speech_cache"  # kept between invocations
     args.runs_dir = args.runs_dir.resolve() / f"speech_separation_{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
