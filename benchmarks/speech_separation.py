@@ -141,6 +141,7 @@ def main() -> None:
     overrides = [*step_budget(args.steps, args.minutes, data.train_mixtures // data.batch_size), *overrides]
     # the test recordings (LibriVox by default) are there: fail before any synthesis
     recordings = sum(map(len, folder_speakers(data.test_path, data.sample_rate))) if data.test_path else 0
+    held_out = compose_config(espeak_test(overrides)).data
     started = time.perf_counter()
     presynthesize(overrides, workers=cores)
     synthesis_seconds = time.perf_counter() - started
@@ -158,7 +159,7 @@ def main() -> None:
     info = {
         "benchmark": f"2-speaker separation: trained on {training_data(data)} ({data.sample_rate // 1000} kHz, {args.steps} steps at most for every model), "
         f"tested on {data.test_mixtures} mixtures of the {recordings} recordings in {data.test_path} (LibriVox by default: one reader) "
-        "and on 64 mixtures of 8 held-out espeak-ng voices",
+        f"and on {held_out.test_mixtures} mixtures of {held_out.test_voices} held-out espeak-ng voices",
         "device": device, "cpu_cores": cores, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
         "torchaudio": torchaudio.__version__, "lightning": lightning.__version__, "overrides": overrides,
         "synthesis_seconds": round(synthesis_seconds), "wall_seconds": round(time.perf_counter() - started), "rows": rows, "failed": failed,
