@@ -92,7 +92,7 @@ def _delta_dh_kernel(
     DOT_PREC: tl.constexpr, F32_OPERANDS: tl.constexpr,
 ):
     """In reverse chunk order, with dS the gradient of the state leaving chunk c (stored as dh[c]):
-    dU~ = dv_local + (K * exp(gamma_C - gamma)) dS (stored, float32);
+    dU~ = dv_local + (K * exp(gamma_C - gamma)) dS (stored in the input dtype, summed in float32);
     dS <- exp(gamma_C) dS + scale (Q * exp(gamma))^T dO - W^T dU~.
     F32_OPERANDS: float32 operands in the two recurrent dots (16-bit ones where K > 128: float32
     [K, 64] operands exceed the H100's shared memory there)."""
@@ -116,7 +116,7 @@ def _delta_dh_kernel(
         b_qt = tl.load(q + base * K + (r[None, :] * K + o_k[:, None]), mask=m_kt, other=0)  # [BK, BT]
         b_wt = tl.load(w + base * K + (r[None, :] * K + o_k[:, None]), mask=m_kt, other=0)  # [BK, BT]
         b_do = tl.load(do + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0)  # [BT, BV]
-        b_du = tl.load(dv_local + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0)  # [BT, BV] fp32
+        b_du = tl.load(dv_local + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0).to(tl.float32)  # [BT, BV]
         if USE_G:
             last = tl.minimum(i_t * BT + BT, T) - 1
             b_g_last = tl.load(gc + (bos + last) * H + i_h)
@@ -129,7 +129,7 @@ def _delta_dh_kernel(
             b_du += tl.dot(b_k.to(tl.float32), b_dh, input_precision=DOT_PREC)
         else:
             b_du += tl.dot(b_k.to(b_wt.dtype), b_dh.to(b_wt.dtype), input_precision=DOT_PREC)
-        tl.store(du + base * V + (r[:, None] * V + o_v[None, :]), b_du, mask=m_tv)
+        tl.store(du + base * V + (r[:, None] * V + o_v[None, :]), b_du.to(du.dtype.element_ty), mask=m_tv)
         if USE_G:
             b_dh *= tl.exp2(b_g_last)
         b_dh += tl.dot(b_qt, b_do, input_precision=DOT_PREC)  # the read-out term: no cancellation, 16-bit operands
@@ -227,7 +227,7 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, 
     h, v_new, _ = _state_pass(k, w, u, gc, h0, layout, False, common)
     del u
 
-    dv_local = v.new_empty(v.shape, dtype=torch.float32)  # scores part of dU~
+    dv_local = torch.empty_like(v)  # scores part of dU~
     _bwd_dv_kernel[_tile_grid(triton.cdiv(V, _block(V, 128)), q, layout)](
         q, k, gc, do, None, dv_local, layout.cu_seqlens, layout.chunk_indices, T, scale,
         BK=_block(K, 128), BV=_block(V, 128), USE_G=use_g, USE_DH=False, **common,

@@ -178,7 +178,7 @@ def _wy_bwd_kernel(
     for i_v in range(0, (V + BV - 1) // BV):
         o_v = i_v * BV + tl.arange(0, BV)
         m_tv = m_t[:, None] & (o_v[None, :] < V)
-        b_du = tl.load(du + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0)  # [BT, BV] fp32
+        b_du = tl.load(du + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0).to(tl.float32)  # [BT, BV]
         b_v = tl.load(v + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0).to(tl.float32)
         b_vbt = tl.load(v + base * V + (r[None, :] * V + o_v[:, None]), mask=(o_v[:, None] < V) & m_t[None, :], other=0)
         b_dT += tl.dot(b_du, b_vbt.to(tl.float32) * b_beta[None, :], input_precision=DOT_PREC)
@@ -192,7 +192,7 @@ def _wy_bwd_kernel(
         b_dw = tl.zeros([BT, BK], dtype=tl.float32)
         for i_v in range(0, (V + BV - 1) // BV):
             o_v = i_v * BV + tl.arange(0, BV)
-            b_du = tl.load(du + base * V + (r[:, None] * V + o_v[None, :]), mask=m_t[:, None] & (o_v[None, :] < V), other=0)
+            b_du = tl.load(du + base * V + (r[:, None] * V + o_v[None, :]), mask=m_t[:, None] & (o_v[None, :] < V), other=0).to(tl.float32)
             b_ht = tl.load(p_h + o_k[None, :] * V + o_v[:, None], mask=(o_v[:, None] < V) & m_k[None, :], other=0)  # [BV, BK]
             b_dw -= tl.dot(b_du, b_ht.to(tl.float32), input_precision=DOT_PREC)
         b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0).to(tl.float32)

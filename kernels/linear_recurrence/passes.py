@@ -15,8 +15,7 @@ from kernels.linear_recurrence import vector_decay
 # the first choice being the default when not autotuning. Autotune keys leave out T, so a new
 # sequence length neither recompiles nor re-tunes.
 STATE_CHOICES = all_configs(warps=(4, 2), stages=(2, 3))
-TILE_CHOICES = all_configs(warps=(4, 8), stages=(2, 3))
-DQK_CHOICES = all_configs(warps=(8, 4), stages=(2, 3))  # four accumulators: 8 warps spill fewer registers
+TILE_CHOICES = all_configs(warps=(4, 8), stages=(2, 3))  # also _bwd_dqk_kernel's: 4 warps is the H100 autotuner's pick there too
 # K tile of _bwd_dqk_kernel: at 128 it spills about 1 KB per thread on sm_90 (benchmarks.kernels.registers); at 64 a
 # second tile recomputes the score gradient and is still faster (H100, D = 128, fwd+bwd: scalar decay 2.21 -> 1.92 ms,
 # gated delta rule 5.74 -> 5.41 ms)
@@ -215,7 +214,7 @@ def _bwd_dv_kernel(
     tl.store(dv + base * V + (r[:, None] * V + o_v[None, :]), b_dv.to(dv.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
 
 
-@triton.autotune(configs=configs(DQK_CHOICES), key=KEY)
+@triton.autotune(configs=configs(TILE_CHOICES), key=KEY)
 @triton.jit(do_not_specialize=["T", "n_rows"])
 def _bwd_dqk_kernel(
     q, k, v, gc, h, do, dh, dq, dk, dg, cu_seqlens, chunk_indices, T, scale, n_rows,
@@ -312,6 +311,6 @@ AUTOTUNED = {  # every autotuned kernel with all its config choices (the GPU tes
     _bwd_dh_kernel: STATE_CHOICES,
     _fwd_o_kernel: TILE_CHOICES,
     _bwd_dv_kernel: TILE_CHOICES,
-    _bwd_dqk_kernel: DQK_CHOICES,
+    _bwd_dqk_kernel: TILE_CHOICES,
     **vector_decay.AUTOTUNED,
 }
