@@ -1,7 +1,9 @@
 """Run commands as parallel processes, each with its own log: how the app benchmarks train many models at once."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +47,23 @@ def run_parallel(jobs: Mapping[str, list[str]], logs: Path, parallel: int, threa
                     raise SystemExit(message)
                 print(message, file=sys.stderr, flush=True)
     return failed
+
+
+def unfinished(jobs: Mapping[str, list[str]], run_dirs: Mapping[str, Path], done: str = "metrics.json") -> dict[str, list[str]]:
+    """The jobs still to run: a job whose run directory holds `done` and the same command (run_dir/command.json,
+    written here for every job returned) is finished and left out, so a benchmark interrupted and started again
+    runs only what is missing. The directory of a job to run is emptied first (no stale checkpoints)."""
+    todo = {}
+    for name, command in jobs.items():
+        run_dir = run_dirs[name]
+        recorded = run_dir / "command.json"
+        if (run_dir / done).is_file() and recorded.is_file() and json.loads(recorded.read_text()) == command:
+            continue
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        recorded.write_text(json.dumps(command))
+        todo[name] = command
+    return todo
 
 
 def max_time(seconds: int) -> str:

@@ -28,6 +28,14 @@ than an H100's 80 GB), 251-1462 training steps per run:
 
 `--merge` adds the earlier parts' runs (and their latency table, if this part has none) to the tables, and their
 failed runs to the list of failures unless this part ran them.
+In bf16 with equal steps (4 epochs, every run its 1,000 steps), session 9, H100, 326 s for the 24 hopper trainings:
+
+    python -m benchmarks.rl_d4rl --datasets hopper-medium hopper-medium_replay --parallel 24 --epochs 4 --train-time 380 --out rl_d4rl_hopper_bf16
+
+The same for HalfCheetah on an H200 (`--train-time 400`) needed more than 560 s with 24 at a time: the time cap cut the
+runs at 694-971 steps, and the DT-attention and BC test rollouts were still going when the call ended. Runs that
+finished are kept in --runs-dir (with the command they ran, see benchmarks.parallel.unfinished): the same command
+started again trains only the rest, e.g. on the next machine with the folder copied over.
 """
 from __future__ import annotations
 
@@ -44,7 +52,7 @@ import pandas as pd
 import torch
 
 from apps.common.cli import QUIET
-from benchmarks.parallel import max_time, run_parallel
+from benchmarks.parallel import max_time, run_parallel, unfinished
 
 MODELS = {
     "dt_attention": ["model/mixer=attention"],
@@ -166,6 +174,13 @@ def latency_rows(runs_dir: Path, labels: list[str]) -> list[dict]:
     return rows
 
 
+def latency_table(latency: list[dict], dataset: str) -> str:
+    if not latency:
+        return f"Policy latency per environment step: not measured (it needs the {dataset} checkpoints of seed 0: --datasets without it)."
+    return f"Policy latency per environment step on {dataset} (10 environments batched):\n\n" + "\n".join(
+        ["| policy | ms / step | score |", "|---|---|---|"] + [f"| {r['policy']} | {r['ms_per_step']:.2f} | {r['score']:.1f} |" for r in latency])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -187,13 +202,18 @@ def main() -> None:
     args.overrides = accelerator + args.overrides
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    jobs = {}  # the 1000-step HalfCheetah runs first, so that the short Hopper runs fill the end
+    jobs, run_dirs = {}, {}  # the 1000-step HalfCheetah runs first, so that the short Hopper runs fill the end
     for dataset in args.datasets:
         for model in args.models:
             for seed in args.seeds:
-                run_dir = args.runs_dir / dataset / model / f"seed{seed}"
-                jobs[f"{dataset}_{model}_seed{seed}"] = train_command(dataset, model, seed, run_dir, args)
-    failed = run_parallel(jobs, args.runs_dir, args.parallel, threads=1, keep_going=True)  # one failure loses no other run
+                name = f"{dataset}_{model}_seed{seed}"
+                run_dirs[name] = args.runs_dir / dataset / model / f"seed{seed}"
+                jobs[name] = train_command(dataset, model, seed, run_dirs[name], args)
+    todo = unfinished(jobs, run_dirs)
+    if len(todo) < len(jobs):
+        print(f"{len(jobs) - len(todo)} of {len(jobs)} trainings already finished in {args.runs_dir} with the same command: "
+              "kept (delete the folder to train them again)", flush=True)
+    failed = run_parallel(todo, args.runs_dir, args.parallel, threads=1, keep_going=True)  # one failure loses no other run
     trained_seconds = time.perf_counter() - started
     trained = training_rows(args.runs_dir, args.datasets, args.models, args.seeds)
     rows = merge_runs(trained, earlier)
@@ -219,9 +239,7 @@ def main() -> None:
         "on the test episodes:\n\n" + score_table(rows, "score") + "\n\n" + target_check(rows, "score"),
         "Score of the last validation, i.e. of the final weights:\n\n" + score_table(rows, "score_last") + "\n\n"
         + target_check(rows, "score_last"),
-        f"Policy latency per environment step on {latency_dataset} (10 environments batched):\n\n"
-        + "\n".join(["| policy | ms / step | score |", "|---|---|---|"]
-                    + [f"| {r['policy']} | {r['ms_per_step']:.2f} | {r['score']:.1f} |" for r in latency]),
+        latency_table(latency, latency_dataset),
         f"Training steps at the last validation: {rows['validated_steps'].min()}..{rows['validated_steps'].max()} "
         f"(mean {rows['validated_steps'].mean():.0f}); "
         f"seconds per run {rows['seconds'].min():.0f}..{rows['seconds'].max():.0f}; wall {time.perf_counter() - started:.0f} s "

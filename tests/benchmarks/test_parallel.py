@@ -1,10 +1,10 @@
-"""benchmarks.parallel: run_parallel (logs per job, thread settings, failures stop the rest or are returned) and the
-budget overrides."""
+"""benchmarks.parallel: run_parallel (logs per job, thread settings, failures stop the rest or are returned), the
+budget overrides and which jobs an interrupted benchmark still has to run."""
 import sys
 
 import pytest
 
-from benchmarks.parallel import max_time, run_parallel, step_budget
+from benchmarks.parallel import max_time, run_parallel, step_budget, unfinished
 
 
 def python(code: str) -> list[str]:
@@ -42,3 +42,16 @@ def test_step_budget_has_enough_epochs_for_the_steps():
     assert step_budget(2000, 5, 250) == ["trainer.max_steps=2000", "trainer.max_epochs=8", "trainer.max_time=00:00:05:00"]
     assert step_budget(2001, 0.5, 250)[1] == "trainer.max_epochs=9"  # a last, partial epoch
     assert step_budget(5, 1, 250)[1] == "trainer.max_epochs=1"
+
+
+def test_an_interrupted_benchmark_runs_only_its_unfinished_jobs(tmp_path):
+    dirs = {name: tmp_path / name for name in ("done", "interrupted", "changed")}
+    finish = "import pathlib, sys; pathlib.Path(sys.argv[1], 'metrics.json').write_text('{}')"
+    jobs = {name: python(finish) + [str(path)] for name, path in dirs.items()}
+    assert run_parallel(unfinished(jobs, dirs), tmp_path, parallel=3) == []
+    (dirs["interrupted"] / "metrics.json").unlink()
+    (dirs["interrupted"] / "last.ckpt").write_text("stale")
+    jobs["changed"] = jobs["changed"] + ["trainer.max_epochs=5"]
+    todo = unfinished(jobs, dirs)
+    assert sorted(todo) == ["changed", "interrupted"]  # the finished job with the same command is kept
+    assert not (dirs["interrupted"] / "last.ckpt").exists() and (dirs["done"] / "metrics.json").is_file()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.rl_d4rl import failed_runs, merge_runs, score_table, target_check, train_command
+from benchmarks.rl_d4rl import failed_runs, latency_table, merge_runs, score_table, target_check, train_command
 
 
 def run(dataset: str, model: str, seed: int, score: float) -> dict:
@@ -48,3 +48,9 @@ def test_target_check_names_each_miss_with_its_noise():
     text = target_check(pd.DataFrame(bc + low), "score")
     assert text.endswith("2 misses: dt_mamba2 on hopper-medium 20.0, not above the data set's 20.0; "
                          "dt_mamba2 on hopper-medium 20.0, below BC's 22.0 (difference -2.0, standard error 0.8).")
+
+
+def test_latency_table_says_when_this_part_did_not_measure_it():
+    assert "not measured" in latency_table([], "halfcheetah-medium") and "halfcheetah-medium" in latency_table([], "halfcheetah-medium")
+    table = latency_table([{"policy": "dt_mamba2 (recurrent state)", "ms_per_step": 8.1, "score": 35.9}], "halfcheetah-medium")
+    assert "| dt_mamba2 (recurrent state) | 8.10 | 35.9 |" in table
