@@ -122,16 +122,20 @@ def check_every_config(autotuned: Mapping, index: int, cases: Sequence[Case], mo
 
 
 def check_64bit_offsets(gate: str, V: int, min_free_gib: int) -> None:
-    """The linear recurrence at T = 131072 with H * K large enough that offsets pass 2**31 elements, on
-    the GPU; gate "scalar" (B, T, H) or "gla" (B, T, H, K). V may be small: q, k and g carry the offsets.
+    """An op at T = 131072 with H * K large enough that offsets pass 2**31 elements, on the GPU: the linear
+    recurrence with gate "scalar" (B, T, H) or "gla" (B, T, H, K), or the gated delta rule with gate "delta" (g
+    and beta (B, T, H)). V may be small: q, k and g carry the offsets.
 
     Keys are zero before the last `tail` tokens, so the state there is zero and the tail must equal
     a separate run of the chunk form on the tail alone; the tail sits at the largest offsets.
     """
+    from core.ops import delta_rule, linear_recurrence
+    from kernels.delta_rule import chunk_delta_rule
     from kernels.linear_recurrence import chunk_linear_recurrence
 
     T, H, D, tail = 131072, 132, 128, 2048
     assert T * H * D > 2**31
+    delta = gate == "delta"
     free, _ = torch.cuda.mem_get_info()
     if free < min_free_gib * 2**30:
         pytest.skip(f"needs about {min_free_gib} GiB of free GPU memory, {free / 2**30:.0f} GiB free")
@@ -142,21 +146,27 @@ def check_64bit_offsets(gate: str, V: int, min_free_gib: int) -> None:
     x = torch.randn(1, T, H, *((D,) if gate == "gla" else ()), device="cuda")
     g = torch.nn.functional.logsigmoid(x) / 16 if gate == "gla" else torch.nn.functional.logsigmoid(x + 3)
     del x
-    leaves = [t.requires_grad_() for t in (q, k, v, g)]
-    o, state = chunk_linear_recurrence(q, k, v, g, output_final_state=True)
+    inputs = [q, k, v, g]
+    if delta:  # unit keys (as the layers make them) and step sizes in (0, 1): a stable recurrence
+        k[:, -tail:] = torch.nn.functional.normalize(k[:, -tail:].float(), dim=-1).to(k.dtype)
+        inputs = [q, k, v, torch.rand(1, T, H, device="cuda"), g]
+    leaves = [t.requires_grad_() for t in inputs]
+    ours = chunk_delta_rule if delta else chunk_linear_recurrence
+    o, state = ours(*leaves, output_final_state=True)
     w_o = torch.randn(1, tail, H, V, device="cuda")
     w_s = torch.randn_like(state)
     grads = torch.autograd.grad((o[:, -tail:].float() * w_o).sum() + (state * w_s).sum(), leaves)
     assert o[:, :-tail].abs().max().item() == 0
     tail_o, tail_grads = o[:, -tail:], [t[:, -tail:] for t in grads]
-    del o, grads, leaves
+    tail_inputs = [t[:, -tail:].detach().clone() for t in inputs]
+    del o, grads, leaves, inputs, q, k, v, g
     torch.cuda.empty_cache()
 
-    from core.ops import linear_recurrence
-
-    ref = [t[:, -tail:].detach().double().requires_grad_() for t in (q, k, v, g)]
-    ref_o, ref_state = linear_recurrence(*ref, output_final_state=True, impl="chunk")
+    reference = delta_rule if delta else linear_recurrence
+    ref = [t.detach().double().requires_grad_() for t in tail_inputs]
+    ref_o, ref_state = reference(*ref, output_final_state=True, impl="chunk")
     ref_grads = torch.autograd.grad((ref_o * w_o.double()).sum() + (ref_state * w_s.double()).sum(), ref)
+    names = "qkvbg" if delta else "qkvg"
     errors = {"o": rel_rms(tail_o, ref_o), "state": rel_rms(state, ref_state)}
-    errors.update({f"d{n}": rel_rms(a, b) for n, a, b in zip("qkvg", tail_grads, ref_grads)})
-    check(Case(T=T, K=D, V=V, B=1, H=H, dtype="bfloat16", gate=gate), errors)
+    errors.update({f"d{n}": rel_rms(a, b) for n, a, b in zip(names, tail_grads, ref_grads)})
+    check(Case(T=T, K=D, V=V, B=1, H=H, dtype="bfloat16", gate="scalar" if delta else gate, op="delta_rule" if delta else "linear_recurrence"), errors)

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from tests.kernels.cases import DELTA, DELTA_INTERPRETER_CASES, STEP_CASES, Case, compare_step, make_inputs
-from tests.kernels.helpers import check, check_every_config, check_no_recompilation, gpu_matches_chunk_form, interpreter_tests, needs_cuda
+from tests.kernels.helpers import (
+    check, check_64bit_offsets, check_every_config, check_no_recompilation, gpu_matches_chunk_form, interpreter_tests, needs_cuda,
+)
 
 # --- CPU: the interpreter, in a subprocess -----------------------------------------------------------
 
@@ -53,6 +55,13 @@ GPU_CASES = [
 
 
 test_gpu_matches_chunk_form = gpu_matches_chunk_form(SWEEP + GPU_CASES)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_64bit_offsets() -> None:
+    """The gated delta rule at T = 131072, H = 132, K = 128: q and k pass 2**31 elements (see helpers.check_64bit_offsets)."""
+    check_64bit_offsets("delta", V=32, min_free_gib=50)
 
 
 @pytest.mark.gpu
