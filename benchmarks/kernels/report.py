@@ -50,6 +50,12 @@ def targets(result: dict) -> dict:
     return out
 
 
+CONFIGS = {  # how our kernels' launch configs were chosen (run.py records it): the report's wording
+    "autotuned": "autotuning excluded",
+    "defaults (SEQMIX_TRITON_AUTOTUNE=0)": "our kernels with their default configs (SEQMIX_TRITON_AUTOTUNE=0), fla's autotuning excluded",
+}
+
+
 def markdown(result: dict) -> str:
     """The report: versions and ceilings, decode times, one table row per (op, shape, impl), targets."""
     v = result.get("versions", {})
@@ -58,7 +64,7 @@ def markdown(result: dict) -> str:
         f"# Kernels: {result.get('device', '?')}, {result.get('date', '?')}",
         "",
         f"torch {v.get('torch')}, triton {v.get('triton')}, CUDA {v.get('cuda')}, fla {v.get('fla')}; bf16; "
-        f"{result.get('timing', '')}; autotuning excluded.",
+        f"{result.get('timing', '')}; {CONFIGS[result.get('configs', 'autotuned')]}.",
     ]
     if c:
         lines.append(f"Ceilings measured in the same run: copy {c['copy_bytes_per_s'] / 1e12:.2f} TB/s, "

@@ -21,6 +21,7 @@ from benchmarks.kernels.budget import message, time_limit
 from benchmarks.kernels import impls, measure as measuring  # module attributes: the CPU test fakes the GPU-only ones
 from benchmarks.kernels.impls import reference
 from benchmarks.kernels.measure import measure, profile
+from kernels.common.config import autotuning
 from benchmarks.kernels.report import _fmt_errors, _fmt_ms, _fmt_peak, markdown, targets
 
 
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         "command": " ".join(["python -m benchmarks.kernels", *(argv if argv is not None else sys.argv[1:])]),
         "dtype": "bfloat16 (g float32)", "chunk_size": CHUNK,
         "timing": f"triton.testing.do_bench median, warmup {timing[0]} ms, rep {timing[1]} ms",
+        "configs": "autotuned" if autotuning() else "defaults (SEQMIX_TRITON_AUTOTUNE=0)",
         "budgets_s": {"per_impl": args.max_seconds_per_impl, "run": args.max_seconds},
         "ceilings": None, "decode": None, "rows": [], "earlier_runs": [],
     }
