@@ -26,16 +26,21 @@ than an H100's 80 GB), 251-1462 training steps per run:
     python -m benchmarks.rl_d4rl --datasets hopper-medium hopper-medium_replay --parallel 24 --train-time 330 --epochs 20 --out rl_part1
     python -m benchmarks.rl_d4rl --datasets halfcheetah-medium halfcheetah-medium_replay --parallel 24 --train-time 330 --epochs 20 --merge benchmarks/results/rl_part1.json
 
-`--merge` adds the earlier parts' runs (and their latency table, if this part has none) to the tables, and their
+`--merge` adds the earlier parts' runs and latency rows (those of policies this part did not time) to the tables, and their
 failed runs to the list of failures unless this part ran them.
 In bf16 with equal steps (4 epochs, every run its 1,000 steps), session 9, H100, 326 s for the 24 hopper trainings:
 
     python -m benchmarks.rl_d4rl --datasets hopper-medium hopper-medium_replay --parallel 24 --epochs 4 --train-time 380 --out rl_d4rl_hopper_bf16
 
 The same for HalfCheetah on an H200 (`--train-time 400`) needed more than 560 s with 24 at a time: the time cap cut the
-runs at 694-971 steps, and the DT-attention and BC test rollouts were still going when the call ended. Runs that
-finished are kept in --runs-dir (with the command they ran, see benchmarks.parallel.unfinished): the same command
-started again trains only the rest, e.g. on the next machine with the folder copied over.
+runs at 694-971 steps, and the DT-attention and BC test rollouts were still going when the call ended. In two parts
+of 12 trainings each instead (each part times the latency of its own models; --merge keeps the other part's rows):
+
+    python -m benchmarks.rl_d4rl --datasets halfcheetah-medium halfcheetah-medium_replay --models dt_attention bc --parallel 12 --epochs 4 --train-time 450 --merge benchmarks/results/rl_d4rl_hopper_bf16.json --out rl_d4rl_bf16_part2
+    python -m benchmarks.rl_d4rl --datasets halfcheetah-medium halfcheetah-medium_replay --models dt_mamba2 dt_gated_deltanet --parallel 12 --epochs 4 --train-time 450 --merge benchmarks/results/rl_d4rl_bf16_part2.json --out rl_d4rl_bf16
+
+Runs that finished are kept in --runs-dir (with the command they ran, see benchmarks.parallel.unfinished): the same
+command started again trains only the rest, e.g. on the next machine with the folder copied over.
 """
 from __future__ import annotations
 
@@ -174,6 +179,14 @@ def latency_rows(runs_dir: Path, labels: list[str]) -> list[dict]:
     return rows
 
 
+def merge_latency(rows: list[dict], earlier: list[dict]) -> list[dict]:
+    """This part's latency rows and the earlier parts' (e.g. attention's measured in a part that trained only it), one
+    per policy, this part's where both have it, in LATENCY's order."""
+    merged = {r["policy"]: r for e in earlier for r in e.get("latency", [])}
+    merged.update({r["policy"]: r for r in rows})
+    return [merged[label] for label in LATENCY if label in merged]
+
+
 def latency_table(latency: list[dict], dataset: str) -> str:
     if not latency:
         return f"Policy latency per environment step: not measured (it needs the {dataset} checkpoints of seed 0: --datasets without it)."
@@ -231,7 +244,7 @@ def main() -> None:
             sys.executable, "-m", "apps.rl", "rollout", f"ckpt_path={checkpoint}", f"task.inference={inference}",
             f"paths.runs={args.runs_dir}", f"hydra.run.dir={out_dir}", *accelerator]
     failed += run_parallel(latency_jobs, args.runs_dir, max(len(latency_jobs), 1), threads=1, keep_going=True)
-    latency = latency_rows(args.runs_dir, latency_labels) or next((e["latency"] for e in earlier if e.get("latency")), [])
+    latency = merge_latency(latency_rows(args.runs_dir, latency_labels), earlier)
     failed = failed_runs(failed, earlier, rows)
 
     text = "\n\n".join([

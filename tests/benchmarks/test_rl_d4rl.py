@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.rl_d4rl import failed_runs, latency_table, merge_runs, score_table, target_check, train_command
+from benchmarks.rl_d4rl import failed_runs, latency_table, merge_latency, merge_runs, score_table, target_check, train_command
 
 
 def run(dataset: str, model: str, seed: int, score: float) -> dict:
@@ -54,3 +54,13 @@ def test_latency_table_says_when_this_part_did_not_measure_it():
     assert "not measured" in latency_table([], "halfcheetah-medium") and "halfcheetah-medium" in latency_table([], "halfcheetah-medium")
     table = latency_table([{"policy": "dt_mamba2 (recurrent state)", "ms_per_step": 8.1, "score": 35.9}], "halfcheetah-medium")
     assert "| dt_mamba2 (recurrent state) | 8.10 | 35.9 |" in table
+
+
+def test_latency_rows_of_parts_that_trained_different_models_are_merged():
+    def timed(policy: str, ms: float) -> dict:
+        return {"policy": policy, "ms_per_step": ms, "score": 30.0}
+
+    earlier = [{"latency": [timed("dt_attention (KV cache)", 8.0), timed("dt_mamba2 (recurrent state)", 9.0)]}]
+    merged = merge_latency([timed("dt_mamba2 (recurrent state)", 7.0), timed("dt_gated_deltanet (recurrent state)", 7.5)], earlier)
+    assert [(r["policy"], r["ms_per_step"]) for r in merged] == [
+        ("dt_attention (KV cache)", 8.0), ("dt_mamba2 (recurrent state)", 7.0), ("dt_gated_deltanet (recurrent state)", 7.5)]

@@ -164,7 +164,7 @@ def check_64bit_offsets(gate: str, V: int, min_free_gib: int) -> None:
     torch.cuda.empty_cache()
 
     reference = delta_rule if delta else linear_recurrence
-    ref = [t.detach().double().requires_grad_() for t in tail_inputs]
+    ref = [t.double().requires_grad_() for t in tail_inputs]
     ref_o, ref_state = reference(*ref, output_final_state=True, impl="chunk")
     ref_grads = torch.autograd.grad((ref_o * w_o.double()).sum() + (ref_state * w_s.double()).sum(), ref)
     names = "qkvbg" if delta else "qkvg"
