@@ -2,7 +2,7 @@
 KV-cache state."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,42 @@ class KVCache:
     values: Tensor
     valid: Tensor
     positions: Tensor
+    store: KVStore | None = field(default=None, repr=False, compare=False)  # spare room behind keys and values
+
+
+class KVStore:
+    """Key and value buffers with room to append in place (inference only): a KVCache's keys and values are views of
+    their first `length` entries. Appending to the newest cache writes behind it (amortised O(new tokens), where
+    concatenating copies the whole cache at every step); appending to an older cache of the same store (a branch)
+    copies, so the newer one stays intact."""
+
+    def __init__(self, keys: Tensor, values: Tensor, room: int) -> None:
+        """A copy of keys and values (B, H_kv, S, D) with room for at least `room` more entries."""
+        self.length = keys.shape[2]
+        capacity = max(2 * (self.length + room), 64)
+        self.keys = keys.new_empty(*keys.shape[:2], capacity, keys.shape[3])
+        self.values = values.new_empty(*values.shape[:2], capacity, values.shape[3])
+        self.keys[:, :, : self.length], self.values[:, :, : self.length] = keys, values
+
+    def holds(self, cache: KVCache) -> bool:
+        """Whether cache's keys and values are this store's newest views (not a branch, not replaced tensors)."""
+        return all(
+            view.shape[2] == self.length and view.data_ptr() == buffer.data_ptr() and view.stride() == buffer.stride()
+            for view, buffer in ((cache.keys, self.keys), (cache.values, self.values))
+        )
+
+    @staticmethod
+    def append(past: KVCache, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, KVStore | None]:
+        """(keys, values, store): past's keys and values followed by k and v (B, H_kv, T, D), and the store they
+        are views of (None with autograd on: in-place writes would invalidate tensors saved for backward)."""
+        if torch.is_grad_enabled():
+            return torch.cat([past.keys.to(k.dtype), k], dim=2), torch.cat([past.values.to(v.dtype), v], dim=2), None
+        store, S, T = past.store, past.keys.shape[2], k.shape[2]
+        if not (store is not None and store.holds(past) and store.keys.dtype == k.dtype and S + T <= store.keys.shape[2]):
+            store = KVStore(past.keys.to(k.dtype), past.values.to(v.dtype), T)  # first step, a branch, or full: copy
+        store.keys[:, :, S : S + T], store.values[:, :, S : S + T] = k, v
+        store.length = S + T
+        return store.keys[:, :, : S + T], store.values[:, :, : S + T], store
 
 
 @register_mixer("attention", paper="Attention Is All You Need (Vaswani et al., 2017)")
@@ -118,18 +154,21 @@ class AttentionMixer(Mixer):
         query_pos = past.positions[:, None] + valid.cumsum(1) - valid.long()  # [B, T] valid tokens before each
         if self.rope:
             q, k = apply_rotary(q, query_pos, self.rope_base), apply_rotary(k, query_pos, self.rope_base)
-        keys = torch.cat([past.keys.to(k.dtype), k.transpose(1, 2)], dim=2)  # [B, H_kv, S, D]
-        values = torch.cat([past.values.to(v.dtype), v.transpose(1, 2)], dim=2)
+        keys, values, store = KVStore.append(past, k.transpose(1, 2), v.transpose(1, 2))  # [B, H_kv, S, D]
         key_valid = torch.cat([past.valid, valid], dim=1)  # [B, S]
         positions = past.positions + valid.sum(1)
         attn_mask = None
         if mask is not None or state is not None or self.window is not None:
             attn_mask = self._attention_mask(query_pos, self._key_positions(key_valid, positions), key_valid)
         group = self.num_heads // self.num_kv_heads
+        if group > 1:
+            keys_per_head, values_per_head = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
+        else:  # repeat_interleave(1) would copy the whole cache
+            keys_per_head, values_per_head = keys, values
         y = F.scaled_dot_product_attention(
             q.transpose(1, 2),
-            keys.repeat_interleave(group, dim=1),
-            values.repeat_interleave(group, dim=1),
+            keys_per_head,
+            values_per_head,
             attn_mask=attn_mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=self.causal and attn_mask is None,
@@ -137,7 +176,7 @@ class AttentionMixer(Mixer):
         y = self.out_proj(y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
         if not self.causal:
             return y, None
-        return y, self._bounded(KVCache(keys, values, key_valid, positions))
+        return y, self._bounded(KVCache(keys, values, key_valid, positions, store))
 
     def _key_positions(self, key_valid: Tensor, positions: Tensor) -> Tensor:
         """(B, S) position of each valid key, exact for valid entries, of a key list laid out like the cache

@@ -125,6 +125,33 @@ def test_token_by_token_decoding_equals_full_forward(config: str) -> None:
         assert state.valid.all()
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("config", ["causal", "gqa_window", "mqa_bias_norope"])
+def test_inference_appends_in_place_and_branches_stay_intact(config: str) -> None:
+    """Without autograd the cache grows inside a KVStore (no copy of the whole cache per step); a state stepped
+    twice (two branches) must leave the first branch's entries as they were."""
+    mixer = make(**CONFIGS[config])
+    x = randn(2, 100, D_MODEL)
+    y, state = run_in_pieces(mixer, x, list(range(1, 100)))
+    assert_close(y, mixer(x)[0])
+    if mixer.window is None:
+        assert state.store is not None and state.store.holds(state)
+        _, longer = mixer(x[:, :1], state)
+        assert longer.keys.data_ptr() == state.keys.data_ptr()  # written behind the same buffer
+    _, prefix = mixer(x[:, :60])
+    _, branch_a = mixer(x[:, 60:70], prefix)
+    y_b, _ = mixer(x[:, 70:80], prefix)  # the second branch from the same state
+    assert_close(y_b, mixer(torch.cat([x[:, :60], x[:, 70:80]], dim=1))[0][:, 60:])
+    y_a, _ = mixer(x[:, 80:90], branch_a)  # the first branch still holds its own entries
+    assert_close(y_a, mixer(torch.cat([x[:, :70], x[:, 80:90]], dim=1))[0][:, 70:])
+
+
+def test_training_steps_keep_no_store() -> None:
+    mixer = make(num_heads=4)
+    _, state = mixer(randn(1, 5, D_MODEL))
+    assert state.store is None  # autograd on: appends concatenate (in-place writes would break the backward)
+
+
 def test_sinks_stay_visible_beyond_the_window() -> None:
     mixer = make(num_heads=4, window=4, num_sinks=2)
     x = randn(1, 40, D_MODEL)
