@@ -50,9 +50,10 @@ def targets(result: dict) -> dict:
     return out
 
 
-CONFIGS = {  # how our kernels' launch configs were chosen (run.py records it): the report's wording
-    "autotuned": "autotuning excluded",
-    "defaults (SEQMIX_TRITON_AUTOTUNE=0)": "our kernels with their default configs (SEQMIX_TRITON_AUTOTUNE=0), fla's autotuning excluded",
+AUTOTUNED_CONFIGS, DEFAULT_CONFIGS = "autotuned", "defaults (SEQMIX_TRITON_AUTOTUNE=0)"  # how run.py says our configs were chosen
+CONFIGS = {  # the report's wording for each
+    AUTOTUNED_CONFIGS: "autotuning excluded",
+    DEFAULT_CONFIGS: "our kernels with their default configs (SEQMIX_TRITON_AUTOTUNE=0), fla's autotuning excluded",
 }
 
 
@@ -64,7 +65,7 @@ def markdown(result: dict) -> str:
         f"# Kernels: {result.get('device', '?')}, {result.get('date', '?')}",
         "",
         f"torch {v.get('torch')}, triton {v.get('triton')}, CUDA {v.get('cuda')}, fla {v.get('fla')}; bf16; "
-        f"{result.get('timing', '')}; {CONFIGS[result.get('configs', 'autotuned')]}.",
+        f"{result.get('timing', '')}; {CONFIGS[result.get('configs', AUTOTUNED_CONFIGS)]}.",
     ]
     if c:
         lines.append(f"Ceilings measured in the same run: copy {c['copy_bytes_per_s'] / 1e12:.2f} TB/s, "

@@ -22,7 +22,7 @@ from benchmarks.kernels import impls, measure as measuring  # module attributes:
 from benchmarks.kernels.impls import reference
 from benchmarks.kernels.measure import measure, profile
 from kernels.common.config import autotuning
-from benchmarks.kernels.report import _fmt_errors, _fmt_ms, _fmt_peak, markdown, targets
+from benchmarks.kernels.report import AUTOTUNED_CONFIGS, DEFAULT_CONFIGS, _fmt_errors, _fmt_ms, _fmt_peak, markdown, targets
 
 
 def versions() -> tuple[dict, str | None]:
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         "command": " ".join(["python -m benchmarks.kernels", *(argv if argv is not None else sys.argv[1:])]),
         "dtype": "bfloat16 (g float32)", "chunk_size": CHUNK,
         "timing": f"triton.testing.do_bench median, warmup {timing[0]} ms, rep {timing[1]} ms",
-        "configs": "autotuned" if autotuning() else "defaults (SEQMIX_TRITON_AUTOTUNE=0)",
+        "configs": AUTOTUNED_CONFIGS if autotuning() else DEFAULT_CONFIGS,
         "budgets_s": {"per_impl": args.max_seconds_per_impl, "run": args.max_seconds},
         "ceilings": None, "decode": None, "rows": [], "earlier_runs": [],
     }

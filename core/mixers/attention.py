@@ -55,11 +55,9 @@ class KVStore:
         )
 
     @staticmethod
-    def append(past: KVCache, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, KVStore | None]:
+    def append(past: KVCache, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, KVStore]:
         """(keys, values, store): past's keys and values followed by k and v (B, H_kv, T, D), and the store they
-        are views of (None with autograd on: in-place writes would invalidate tensors saved for backward)."""
-        if torch.is_grad_enabled():
-            return torch.cat([past.keys.to(k.dtype), k], dim=2), torch.cat([past.values.to(v.dtype), v], dim=2), None
+        are views of. Only without autograd: in-place writes would invalidate tensors saved for backward."""
         store, S, T = past.store, past.keys.shape[2], k.shape[2]
         if not (store is not None and store.holds(past) and store.keys.dtype == k.dtype and S + T <= store.keys.shape[2]):
             store = KVStore(past.keys.to(k.dtype), past.values.to(v.dtype), T)  # first step, a branch, or full: copy
@@ -154,7 +152,11 @@ class AttentionMixer(Mixer):
         query_pos = past.positions[:, None] + valid.cumsum(1) - valid.long()  # [B, T] valid tokens before each
         if self.rope:
             q, k = apply_rotary(q, query_pos, self.rope_base), apply_rotary(k, query_pos, self.rope_base)
-        keys, values, store = KVStore.append(past, k.transpose(1, 2), v.transpose(1, 2))  # [B, H_kv, S, D]
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, H_kv, T, D]
+        if self.causal and self.window is None and not torch.is_grad_enabled():  # a decoding cache that keeps growing
+            keys, values, store = KVStore.append(past, k, v)  # [B, H_kv, S, D]
+        else:  # training, no state (non-causal) or a window's bounded cache: concatenate
+            keys, values, store = torch.cat([past.keys.to(k.dtype), k], dim=2), torch.cat([past.values.to(v.dtype), v], dim=2), None
         key_valid = torch.cat([past.valid, valid], dim=1)  # [B, S]
         positions = past.positions + valid.sum(1)
         attn_mask = None

@@ -152,7 +152,7 @@ def test_markdown_table_and_targets():
     assert "| linear_recurrence | 3.20 | 14.00 | 2.90 |" in text and "| delta_rule | error | error | error |" in text
     assert "copy 3.00 TB/s, bf16 matmul 746 TFLOP/s" in text and "fla 0.6.0" in text
     assert "do_bench median; autotuning excluded." in text  # a result without "configs" (before session 9) was autotuned
-    defaults = report.markdown({**result, "configs": "defaults (SEQMIX_TRITON_AUTOTUNE=0)"})
+    defaults = report.markdown({**result, "configs": report.DEFAULT_CONFIGS})
     assert "our kernels with their default configs (SEQMIX_TRITON_AUTOTUNE=0)" in defaults
     t = report.targets(result)
     assert t["decode"] == {"linear_recurrence": {"events_us": True, "wall_us": False, "cuda_graph_us": True}}
