@@ -128,15 +128,17 @@ def failed_runs(failed: list[str], earlier: list[dict], rows: pd.DataFrame) -> l
 
 def score_table(rows: pd.DataFrame, column: str) -> str:
     """Models x data sets, mean ± std over seeds of `column`, and the data set's own mean score. A cell with
-    fewer seeds than the fullest one says how many it has (its other runs failed)."""
+    fewer seeds than the fullest one says how many it has (its other runs failed); a model that no part trained on a
+    data set reads "not run" there, and has no mean over the data sets."""
     datasets = list(dict.fromkeys(rows["dataset"]))
     seeds = rows.groupby(["model", "dataset"]).size().max()
     lines = ["| model | " + " | ".join(datasets) + " | mean |", "|" + "---|" * (len(datasets) + 2)]
     for model, group in rows.groupby("model", sort=False):
         stats = group.groupby("dataset")[column].agg(["mean", "std", "size"])
         cells = [f"{stats.loc[d, 'mean']:.1f} ± {stats.loc[d, 'std']:.1f}" + (f" ({stats.loc[d, 'size']} of {seeds} seeds)" if stats.loc[d, "size"] < seeds else "")
-                 for d in datasets]
-        lines.append(f"| {model} | " + " | ".join(cells) + f" | **{stats['mean'].mean():.1f}** |")
+                 if d in stats.index else "not run" for d in datasets]
+        mean = f"**{stats['mean'].mean():.1f}**" if len(stats) == len(datasets) else "–"
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {mean} |")
     data = rows.groupby("dataset")["data_score"].first()
     lines.append("| data set mean | " + " | ".join(f"{data[d]:.1f}" for d in datasets) + f" | {data.mean():.1f} |")
     return "\n".join(lines)
@@ -233,17 +235,19 @@ def main() -> None:
 
     latency_dataset, latency_seed = args.latency_dataset, args.seeds[0]
     latency_labels = [label for label, (model, _) in LATENCY.items() if model in args.models and latency_dataset in args.datasets]
-    latency_jobs = {}
+    latency_jobs, latency_dirs = {}, {}
     for label in latency_labels:
         model, inference = LATENCY[label]
         checkpoint = args.runs_dir / latency_dataset / model / f"seed{latency_seed}"
         if not (checkpoint / "metrics.json").is_file():  # its training failed
             continue
-        out_dir = latency_dir(args.runs_dir, label)
-        latency_jobs[f"latency_{model}_{inference}"] = [
+        name = f"latency_{model}_{inference}"
+        latency_dirs[name] = latency_dir(args.runs_dir, label)
+        latency_jobs[name] = [
             sys.executable, "-m", "apps.rl", "rollout", f"ckpt_path={checkpoint}", f"task.inference={inference}",
-            f"paths.runs={args.runs_dir}", f"hydra.run.dir={out_dir}", *accelerator]
-    failed += run_parallel(latency_jobs, args.runs_dir, max(len(latency_jobs), 1), threads=1, keep_going=True)
+            f"paths.runs={args.runs_dir}", f"hydra.run.dir={latency_dirs[name]}", *accelerator]
+    latency_todo = unfinished(latency_jobs, latency_dirs)  # like the trainings, a finished timing is kept
+    failed += run_parallel(latency_todo, args.runs_dir, max(len(latency_todo), 1), threads=1, keep_going=True)
     latency = merge_latency(latency_rows(args.runs_dir, latency_labels), earlier)
     failed = failed_runs(failed, earlier, rows)
 

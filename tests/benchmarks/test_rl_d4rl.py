@@ -40,6 +40,13 @@ def test_cells_with_failed_seeds_say_how_many_they_have_and_failures_survive_a_m
     assert failed_runs(["x_seed0"], earlier, rows) == ["x_seed0", "hopper-medium_dt_mamba2_seed1"]  # bc seed 1 has a row now
 
 
+def test_a_model_no_part_trained_on_a_data_set_reads_not_run_and_has_no_mean():
+    rows = pd.DataFrame([run("hopper-medium", "bc", 0, 20.0), run("hopper-medium", "dt_mamba2", 0, 22.0),
+                         run("halfcheetah-medium", "bc", 0, 30.0)])
+    table = score_table(rows, "score")
+    assert "| dt_mamba2 | 22.0 ± nan | not run | – |" in table and "| bc | 20.0 ± nan | 30.0 ± nan | **25.0** |" in table
+
+
 def test_target_check_names_each_miss_with_its_noise():
     bc = [run("hopper-medium", "bc", seed, score) for seed, score in enumerate((21.0, 22.0, 23.0))]
     rows = pd.DataFrame(bc + [run("hopper-medium", "dt_attention", seed, 30.0) for seed in range(3)])
