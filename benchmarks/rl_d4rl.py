@@ -32,15 +32,17 @@ In bf16 with equal steps (4 epochs, every run its 1,000 steps), session 9, H100,
 
     python -m benchmarks.rl_d4rl --datasets hopper-medium hopper-medium_replay --parallel 24 --epochs 4 --train-time 380 --out rl_d4rl_hopper_bf16
 
-The same for HalfCheetah on an H200 (`--train-time 400`) needed more than 560 s with 24 at a time: the time cap cut the
-runs at 694-971 steps, and the DT-attention and BC test rollouts were still going when the call ended. In two parts
-of 12 trainings each instead (each part times the latency of its own models; --merge keeps the other part's rows):
+The same for HalfCheetah on an H200 (`--train-time 400`) needed more than 560 s with 24 at a time, so it ran as two calls
+of 12 trainings each on one --runs-dir (session 10: 325 s and 423 s; the first call's runs, logs and latency timings
+copied to the second machine), the second with all four models, so that it trains only the missing 12 and writes the
+whole table:
 
-    python -m benchmarks.rl_d4rl --datasets halfcheetah-medium halfcheetah-medium_replay --models dt_attention bc --parallel 12 --epochs 4 --train-time 450 --merge benchmarks/results/rl_d4rl_hopper_bf16.json --out rl_d4rl_bf16_part2
-    python -m benchmarks.rl_d4rl --datasets halfcheetah-medium halfcheetah-medium_replay --models dt_mamba2 dt_gated_deltanet --parallel 12 --epochs 4 --train-time 450 --merge benchmarks/results/rl_d4rl_bf16_part2.json --out rl_d4rl_bf16
+    python -m benchmarks.rl_d4rl --datasets halfcheetah-medium halfcheetah-medium_replay --models dt_attention bc --parallel 12 --epochs 4 --train-time 400 --merge benchmarks/results/rl_d4rl_hopper_bf16.json --out rl_d4rl_bf16 --runs-dir R
+    python -m benchmarks.rl_d4rl --datasets halfcheetah-medium halfcheetah-medium_replay --parallel 12 --epochs 4 --train-time 400 --merge benchmarks/results/rl_d4rl_hopper_bf16.json --out rl_d4rl_bf16 --runs-dir R
 
-Runs that finished are kept in --runs-dir (with the command they ran, see benchmarks.parallel.unfinished): the same
-command started again trains only the rest, e.g. on the next machine with the folder copied over.
+Runs that finished (trainings and latency timings) are kept in --runs-dir with the command they ran (see
+benchmarks.parallel.unfinished): the same command started again runs only the rest, e.g. on the next machine with the
+folder copied over.
 """
 from __future__ import annotations
 
