@@ -140,7 +140,19 @@ def _wy_fwd_kernel(
         tl.store(u + base * V + (r[:, None] * V + o_v[None, :]), b_u.to(u.dtype.element_ty), mask=m_tv)
 
 
-@triton.autotune(configs=configs(WY_CHOICES), key=KEY + ["NK_LR"], restore_value=["dk_acc"])  # updated in place
+@triton.jit
+def _wy_dw(du, p_h, base, r, m_t, o_k, m_k, V, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr):
+    """dW = -dU~ h[c]^T for the K tile o_k of one chunk: [BT, BK] float32 (p_h: this chunk's h, [K, V])."""
+    b_dw = tl.zeros([BT, BK], dtype=tl.float32)
+    for i_v in range(0, (V + BV - 1) // BV):
+        o_v = i_v * BV + tl.arange(0, BV)
+        b_du = tl.load(du + base * V + (r[:, None] * V + o_v[None, :]), mask=m_t[:, None] & (o_v[None, :] < V), other=0).to(tl.float32)
+        b_ht = tl.load(p_h + o_k[None, :] * V + o_v[:, None], mask=(o_v[:, None] < V) & m_k[None, :], other=0)  # [BV, BK]
+        b_dw -= tl.dot(b_du, b_ht.to(tl.float32), input_precision=DOT_PREC)
+    return b_dw
+
+
+@triton.autotune(configs=configs(WY_CHOICES), key=KEY + ["NK_LR"])
 @triton.jit(do_not_specialize=["T", "n_rows"])
 def _wy_bwd_kernel(
     k, v, beta, gc, Tm, scratch, h, du, dk_acc, dk, dv, dbeta, dg_lr, dg, cu_seqlens, chunk_indices, T, n_rows,
@@ -152,8 +164,8 @@ def _wy_bwd_kernel(
     dA = -T^T dT T^T (strictly lower part). dk = dk_acc (the linear recurrence's part) + the rest;
     dg = this chunk's share, reverse-summed over the chunk like the linear recurrence's, plus the
     linear recurrence's NK_LR per-K-tile shares dg_lr [NK_LR, n_rows], written in dg's dtype.
-    T is only read (it may be the forward's saved copy); B^T goes through this chunk's slot of
-    `scratch` (same shape as Tm); dk_acc is overwritten with partial sums.
+    T and dk_acc are only read (T may be the forward's saved copy); B^T goes through this chunk's slot of
+    `scratch` (same shape as Tm).
     """
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -188,22 +200,13 @@ def _wy_bwd_kernel(
     for i_k in range(0, (K + BK - 1) // BK):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
-        m_tk = m_t[:, None] & m_k[None, :]
-        b_dw = tl.zeros([BT, BK], dtype=tl.float32)
-        for i_v in range(0, (V + BV - 1) // BV):
-            o_v = i_v * BV + tl.arange(0, BV)
-            b_du = tl.load(du + base * V + (r[:, None] * V + o_v[None, :]), mask=m_t[:, None] & (o_v[None, :] < V), other=0).to(tl.float32)
-            b_ht = tl.load(p_h + o_k[None, :] * V + o_v[:, None], mask=(o_v[:, None] < V) & m_k[None, :], other=0)  # [BV, BK]
-            b_dw -= tl.dot(b_du, b_ht.to(tl.float32), input_precision=DOT_PREC)
-        b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0).to(tl.float32)
+        b_dw = _wy_dw(du, p_h, base, r, m_t, o_k, m_k, V, BT, BK, BV, DOT_PREC)
+        b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0).to(tl.float32)
         b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)
         b_dT += tl.dot(b_dw, b_kt.to(tl.float32) * k_scale[None, :], input_precision=DOT_PREC)
-        b_dkb = tl.dot(b_Tt, b_dw, input_precision=DOT_PREC)
-        b_kdkb = tl.sum(b_dkb * b_k, 1)
+        b_kdkb = tl.sum(tl.dot(b_Tt, b_dw, input_precision=DOT_PREC) * b_k, 1)
         b_dbeta += b_kdkb * e_g
         b_dgam += b_kdkb * k_scale
-        p_acc = dk_acc + base * K + (r[:, None] * K + o_k[None, :])
-        tl.store(p_acc, tl.load(p_acc, mask=m_tk, other=0) + b_dkb * k_scale[:, None], mask=m_tk)
     # dA = -T^T (dT T^T), then through A = strict_lower(beta_r (k_r . k_j) Gamma_rj)
     b_dA = tl.dot(b_dT, b_Tt, input_precision=DOT_PREC)
     b_dA = -tl.dot(b_Tt, b_dA, input_precision=DOT_PREC)
@@ -228,14 +231,18 @@ def _wy_bwd_kernel(
     b_B = b_dA * b_beta[:, None]  # dk = dk + B K + B^T K
     # B^T by a round trip through memory (this chunk's scratch slot), not by transposing in registers
     tl.store(p_S + (o_c[:, None] * BT + o_c[None, :]), b_B)
-    tl.debug_barrier()  # B and dk_acc, written by other threads of this program, are read below
+    tl.debug_barrier()  # B, written by other threads of this program, is read below
     b_Bt = tl.load(p_S + (o_c[None, :] * BT + o_c[:, None]))
     for i_k in range(0, (K + BK - 1) // BK):
         o_k = i_k * BK + tl.arange(0, BK)
-        m_tk = m_t[:, None] & (o_k[None, :] < K)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
         b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0).to(tl.float32)
-        b_dk = tl.load(dk_acc + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0)
-        b_dk += tl.dot(b_B, b_k, input_precision=DOT_PREC) + tl.dot(b_Bt, b_k, input_precision=DOT_PREC)
+        b_dk = tl.load(dk_acc + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0).to(tl.float32)
+        # dKb again, from dW recomputed (h and dU~ of this chunk are still in L2): cheaper than a read-modify-write of
+        # a float32 partial dK through memory
+        b_dkb = tl.dot(b_Tt, _wy_dw(du, p_h, base, r, m_t, o_k, m_k, V, BT, BK, BV, DOT_PREC), input_precision=DOT_PREC)
+        b_dk += b_dkb * k_scale[:, None] + tl.dot(b_B, b_k, input_precision=DOT_PREC) + tl.dot(b_Bt, b_k, input_precision=DOT_PREC)
         tl.store(dk + base * K + (r[:, None] * K + o_k[None, :]), b_dk.to(dk.dtype.element_ty), mask=m_tk)
     tl.store(dbeta + base + r, b_dbeta.to(dbeta.dtype.element_ty), mask=m_t)
     if USE_G:

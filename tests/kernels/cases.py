@@ -212,6 +212,7 @@ DELTA_INTERPRETER_CASES = [
     Case(T=70, K=136, V=24, B=1, H=1, dtype="float16", op=DELTA, seed=2),  # K above 128: 16-bit reverse-pass operands
     Case(T=64, K=32, V=32, dtype="float16", op=DELTA, seed=3),
     Case(T=0, K=24, V=40, lengths=(5, 70, 0, 1, 30), op=DELTA, seed=4),
+    Case(T=0, K=40, V=24, lengths=(70, 0, 1, 30), gate="none", op=DELTA, seed=6),  # DeltaNet's output in the state pass
     Case(T=70, K=24, V=40, loss="state", op=DELTA, seed=5),
     Case(T=40, K=64, V=64, B=1, H=1, dtype="float16", via_core=True, op=DELTA, seed=7),
     Case(T=49, K=32, V=64, B=1, H=2, gate="scalar_strong", op=DELTA, seed=8),  # padded rows with strong gates
