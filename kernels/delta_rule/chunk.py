@@ -25,6 +25,8 @@ head (saved_chunks(...) >= total_chunks, H, C, C) float32. No dot result is ever
 3.4 - 3.7.0 miscompiles that on Hopper, fla issue 640): transposed operands are loaded transposed.
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -217,16 +219,29 @@ def _state_pass(k, w, u, gc, h0, layout, output_final_state, common, q=None, sca
     return (o, ht) if output else (h, v_new, ht)
 
 
+@functools.cache
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def _output_in_state_pass(q: Tensor, v: Tensor, gc: Tensor | None, layout: ChunkLayout) -> bool:
+    """Whether the forward computes the output in the state pass (no h and U~ through memory, no output kernel).
+    Measured on the H100, DeltaNet: at B8 T4096 H16 D128 (256 programs) the forward 1.17 -> 1.06 ms and its peak
+    0.62 -> 0.38 GiB, but at B2 T16384 (64 programs) 1.62 -> 2.06 ms: the pass is sequential over chunks and each
+    step does more, which pays only with a program per multiprocessor. Not gated (the gate's terms make the pass
+    spill: 1.26 -> 1.49 ms at B8 T4096) and not for K > 128, whose 32-wide V tiles made illegal memory accesses."""
+    K, V = q.shape[-1], v.shape[-1]
+    programs = layout.n_seqs * q.shape[2] * triton.cdiv(V, _state_block_v(K))
+    return gc is None and K <= 128 and programs >= _multiprocessors(q.device)
+
+
 def _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state, save_t=False):
     """(o, final states or None, T or None): with save_t, T = (I + A)^-1 per chunk, for the backward."""
     common = _common(q, v, layout)
     Tm, w, u = _wy(k, v, beta, gc, layout, common)
     if not save_t:
         Tm = None  # freed now: not held through the rest of the forward
-    if gc is None and q.shape[-1] <= 128:
-        # the output in the state pass, without h and U~ through memory: measured on the H100 at B8 T4096 H16 D128,
-        # DeltaNet's forward 1.17 -> 1.05 ms and its peak 0.62 -> 0.38 GiB. Not gated (the gate's terms make the pass
-        # spill: 1.26 -> 1.49 ms) and not with the 32-wide V tiles of wider keys (illegal memory accesses on the H100).
+    if _output_in_state_pass(q, v, gc, layout):
         o, ht = _state_pass(k, w, u, gc, h0, layout, output_final_state, common, q=q, scale=scale)
         return o, ht, Tm
     h, v_new, ht = _state_pass(k, w, u, gc, h0, layout, output_final_state, common)

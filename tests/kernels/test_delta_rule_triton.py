@@ -33,8 +33,11 @@ SWEEP = [
     for D in (64, 100, 128)
 ]
 LENGTHS = (1, 63, 1, 935, 0, 1345, 64, 1687)  # an empty sequence, single tokens, exact chunks
+# DeltaNet with 160 state-pass programs, more than the GPU's multiprocessors: the forward's output in the state pass
+FUSED_OUTPUT = Case(T=300, K=128, V=128, B=10, H=8, dtype=BF16, gate="none", op=DELTA, seed=18)
 GPU_CASES = [
     Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, gate="none", op=DELTA, seed=1),  # DeltaNet
+    FUSED_OUTPUT,
     Case(T=100, K=128, V=64, B=4, H=4, dtype=BF16, gate="scalar_strong", op=DELTA, seed=13),  # padded rows, strong gates
     Case(T=4096, K=128, V=128, B=2, H=4, dtype=BF16, gate="none", state=False, op=DELTA, seed=2),
     Case(T=1000, K=128, V=128, B=2, H=4, dtype="float16", op=DELTA, seed=4),
@@ -92,6 +95,7 @@ def test_gpu_every_autotune_config(index: int, monkeypatch: pytest.MonkeyPatch) 
     cases = (
         Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, op=DELTA, seed=20),
         Case(lengths=LENGTHS, K=100, V=100, H=4, dtype=BF16, gate="none", op=DELTA, seed=21),
+        FUSED_OUTPUT,
     )
     check_every_config({**AUTOTUNED, **SHARED}, index, cases, monkeypatch)
 
@@ -118,3 +122,18 @@ def test_gpu_step_replays_in_a_cuda_graph(op: str) -> None:
     torch.cuda.synchronize()
     assert torch.equal(out, expected) and torch.equal(state, eager_state)
 
+
+
+def test_output_in_state_pass_only_ungated_narrow_keys_and_a_program_per_multiprocessor(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kernels.delta_rule import chunk
+
+    monkeypatch.setattr(chunk, "_multiprocessors", lambda device: 132)
+
+    def fused(B: int, H: int, K: int, gated: bool = False) -> bool:
+        q, v = torch.empty(B, 64, H, K), torch.empty(B, 64, H, 128)
+        g = torch.empty(B, 64, H) if gated else None
+        return chunk._output_in_state_pass(q, v, g, chunk.chunk_layout(B, 64, chunk.CHUNK_SIZE, None))
+
+    assert fused(B=8, H=16, K=128)  # 256 programs: B8 T4096 H16 D128, where it was measured faster
+    assert not fused(B=2, H=16, K=128)  # 64 programs: B2 T16384, where it was measured slower
+    assert not fused(B=8, H=16, K=128, gated=True) and not fused(B=8, H=16, K=256)
