@@ -124,7 +124,7 @@ def test_gpu_step_replays_in_a_cuda_graph(op: str) -> None:
 
 
 
-def test_output_in_state_pass_only_ungated_narrow_keys_and_a_program_per_multiprocessor(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_state_pass_tiles_and_output_follow_the_measured_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     from kernels.delta_rule import chunk
 
     monkeypatch.setattr(chunk, "_multiprocessors", lambda device: 132)
@@ -137,3 +137,7 @@ def test_output_in_state_pass_only_ungated_narrow_keys_and_a_program_per_multipr
     assert fused(B=8, H=16, K=128)  # 256 programs: B8 T4096 H16 D128, where it was measured faster
     assert not fused(B=2, H=16, K=128)  # 64 programs: B2 T16384, where it was measured slower
     assert not fused(B=8, H=16, K=128, gated=True) and not fused(B=8, H=16, K=256)
+    # the state passes' V tiles: 32 where 64 would leave multiprocessors idle (B2 T16384: 64 programs) or K > 128
+    cpu = torch.device("cpu")
+    assert chunk._state_block_v(128, 128, 128, cpu) == 64 and chunk._state_block_v(128, 128, 32, cpu) == 32
+    assert chunk._state_block_v(256, 256, 128, cpu) == 32
