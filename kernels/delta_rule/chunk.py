@@ -8,8 +8,8 @@ the next state are then those of the linear recurrence with U~ in place of V, so
 score-gradient kernels (kernels.linear_recurrence.chunk) serve here unchanged.
 
 Forward: chunk-local cumsum of g, `_wy_fwd_kernel` (T, W, U), `_delta_h_kernel` (h and U~, sequential
-over chunks), the linear recurrence's output kernel; under autograd the op also returns T for the
-backward. Backward: W and U from the saved T (`_wy_fwd_kernel` with HAVE_T; T itself is recomputed
+over chunks), the linear recurrence's output kernel (or, see _output_in_state_pass, the output in the state pass);
+under autograd the op also returns T for the backward. Backward: W and U from the saved T (`_wy_fwd_kernel` with HAVE_T; T itself is recomputed
 only when none was saved), the state pass again, the linear recurrence's chunk-local dV,
 `_delta_dh_kernel` (dh and dU~, reverse), the linear recurrence's
 dQ/dK/dg kernel, then `_wy_bwd_kernel` (dK, dV, dbeta, dg through T, W and U).
@@ -247,8 +247,9 @@ def _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state, save_t=Fa
     h, v_new, ht = _state_pass(k, w, u, gc, h0, layout, output_final_state, common)
     del w, u
     o = torch.empty_like(v)
-    BK, BV = _block(q.shape[-1], 128), _block(v.shape[-1], 128)
-    _fwd_o_kernel[_tile_grid(triton.cdiv(v.shape[-1], BV), q, layout)](
+    K, V = q.shape[-1], v.shape[-1]
+    BK, BV = _block(K, 128), _block(V, 128)
+    _fwd_o_kernel[_tile_grid(triton.cdiv(V, BV), q, layout)](
         q, k, v_new, gc, h, o, layout.cu_seqlens, layout.chunk_indices, q.shape[1], scale,
         BK=BK, BV=BV, USE_G=gc is not None, **common,
     )
