@@ -6,7 +6,6 @@ its bias and softplus, B and C grouped (b, G, N, T), a zero state when none was 
 `(y, final_state)`: the scan's output without the D skip and the z gate, and h_T.
 """
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
