@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import math
 
+import torch
 
 from benchmarks.kernels.shapes import CHUNK, SUB_CHUNK, Shape
+from kernels.delta_rule.chunk import output_in_state_pass
+
+H100_MULTIPROCESSORS = 132
 
 
-def roofline_model(op: str, shape: Shape, chunk: int = CHUNK, sub_chunk: int = SUB_CHUNK) -> dict:
+def multiprocessors() -> int:
+    """The current CUDA device's multiprocessor count, or the H100's without a GPU (the kernels' launch choices
+    depend on it, and so do the bytes they move)."""
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count if torch.cuda.is_available() else H100_MULTIPROCESSORS
+
+
+def roofline_model(op: str, shape: Shape, chunk: int = CHUNK, sub_chunk: int = SUB_CHUNK, sms: int | None = None) -> dict:
     """Minimum bytes and FLOPs of an op's forward and forward + backward at bf16 (g fp32, beta bf16).
 
     Bytes: every input read once, every output written once (forward: q, k, v, g, beta in, o out;
@@ -28,7 +38,8 @@ def roofline_model(op: str, shape: Shape, chunk: int = CHUNK, sub_chunk: int = S
       2.5 x that backward (Q K^T recomputed, dV, dP, dQ, dK).
     The gate of lr_scalar and gated_delta adds g [B, T, H] fp32; gla's g is [B, T, H, K] fp32.
     `*_bytes_scheduled`, where given, is what our kernels move as scheduled (per-chunk states h, dh,
-    T, W, U written and read back, recomputation), from the same READMEs.
+    T, W, U written and read back, recomputation), from the same READMEs; for the delta rule it depends on the
+    kernels' launch choices, and so on `sms`, the GPU's multiprocessor count (None: multiprocessors()).
     """
     B, T, H, D = shape.B, shape.T, shape.H, shape.D
     K = V = D
@@ -67,15 +78,19 @@ def roofline_model(op: str, shape: Shape, chunk: int = CHUNK, sub_chunk: int = S
         fwd_flops = chunks * (3 * ckv + 3 * cck + 2 * ccv)
         bwd_flops = int(2.5 * fwd_flops)
         h, tm, gb = chunks * K * V * e, chunks * chunk * chunk * e32, beta + g  # states; T (fp32)
-        wy = k + v + gb + tm + k + v  # read k, v, beta, g; write T, W, U
+        dg_tiles = math.ceil(K / 64) * n * e32 if g else 0  # the dQ/dK/dg kernel's dg share per 64-wide K tile
+        wy = k + v + gb + tm + k + v  # read k, v, beta, g; write T, W, U (the backward reads T instead)
         state = 2 * k + v + h + v  # read k, W, U; write h, U~
-        fwd_sched = wy + state + q + k + v + h + o  # output: read q, k, U~, h; write o
+        if output_in_state_pass(op == "gated_delta", K, V, B * H, multiprocessors() if sms is None else sms):
+            fwd_sched = wy + 2 * k + v + q + o  # the state pass reads k, W, U, q and writes o
+        else:
+            fwd_sched = wy + state + q + k + v + h + o  # then the output: read q, k, U~, h; write o
         bwd_sched = (
-            wy + state  # recomputed
-            + q + k + v + 2 * v  # chunk-local dU~: read q, k, dO; write fp32
-            + q + 2 * k + v + 2 * v + h + 2 * v  # reverse pass: read q, k, W, dO, fp32 dU~; write dh, fp32 dU~
-            + q + k + 2 * v + 2 * h + q + 2 * k + n * e32  # dQ/dK/dg: read q, k, U~, dO, h, dh; write dq, fp32 dk, dg
-            + 2 * k + v + gb + tm + h + 2 * v + 4 * k + 2 * tm + k + v + gb  # WY backward
+            wy + state  # W, U from the saved T; the state pass again
+            + q + k + v + v  # chunk-local dU~: read q, k, dO; write it
+            + q + 2 * k + v + v + h + v  # reverse pass: read q, k, W, dO, local dU~; write dh, dU~
+            + q + k + 2 * v + 2 * h + q + k + dg_tiles  # dQ/dK/dg: read q, k, U~, dO, h, dh; write dq, dk's part, dg's parts
+            + 2 * k + v + gb + tm + h + v + k + dg_tiles + 2 * tm + k + v + gb  # WY backward, B^T through a scratch buffer
         )
         model["fwd_bytes_scheduled"] = fwd_sched
         model["fwdbwd_bytes_scheduled"] = fwd_sched + bwd_sched

@@ -8,7 +8,7 @@ the next state are then those of the linear recurrence with U~ in place of V, so
 score-gradient kernels (kernels.linear_recurrence.chunk) serve here unchanged.
 
 Forward: chunk-local cumsum of g, `_wy_fwd_kernel` (T, W, U), `_delta_h_kernel` (h and U~, sequential
-over chunks), the linear recurrence's output kernel (or, see _output_in_state_pass, the output in the state pass);
+over chunks), the linear recurrence's output kernel (or, see output_in_state_pass, the output in the state pass);
 under autograd the op also returns T for the backward. Backward: W and U from the saved T (`_wy_fwd_kernel` with HAVE_T; T itself is recomputed
 only when none was saved), the state pass again, the linear recurrence's chunk-local dV,
 `_delta_dh_kernel` (dh and dU~, reverse), the linear recurrence's
@@ -172,11 +172,21 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
-def _state_block_v(K: int, V: int, sequence_heads: int, device: torch.device) -> int:
+def state_block_v(K: int, V: int, sequence_heads: int, multiprocessors: int) -> int:
     """V tile of the state passes, which hold the whole K and run sequentially over chunks: 32 for wide keys (to
     bound registers) and where 64-wide tiles would leave multiprocessors idle (few sequences x heads: twice the
-    programs, each half as long), else 64."""
-    return 32 if K > 128 or sequence_heads * triton.cdiv(V, 64) < _multiprocessors(device) else 64
+    programs, each half as long), else 64. Measured on the H100 (132 multiprocessors) at B2 T16384 H16 D128
+    (64 programs with 64-wide tiles): DeltaNet 5.86 -> 5.12 ms forward + backward, Gated DeltaNet 6.88 -> 5.72 ms."""
+    return 32 if K > 128 or sequence_heads * triton.cdiv(V, 64) < multiprocessors else 64
+
+
+def output_in_state_pass(gated: bool, K: int, V: int, sequence_heads: int, multiprocessors: int) -> bool:
+    """Whether the forward computes the output in the state pass (no h and U~ through memory, no output kernel).
+    Measured on the H100, DeltaNet: at B8 T4096 H16 D128 (256 programs) the forward 1.17 -> 1.06 ms and its peak
+    0.62 -> 0.38 GiB, but at B2 T16384 (64 programs) 1.62 -> 2.06 ms: the pass is sequential over chunks and each
+    step does more, which pays only with a program per multiprocessor. Not gated (the gate's terms make the pass
+    spill: 1.26 -> 1.49 ms at B8 T4096) and not with 32-wide V tiles (illegal memory accesses on the H100)."""
+    return not gated and state_block_v(K, V, sequence_heads, multiprocessors) == 64
 
 
 def _chunk_grid(q: Tensor, layout: ChunkLayout) -> tuple[int, int]:
@@ -217,7 +227,7 @@ def _state_pass(k, w, u, gc, h0, layout, output_final_state, common, q=None, sca
     v_new = None if output else torch.empty_like(u)
     o = torch.empty_like(u) if output else None
     ht = k.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if output_final_state else None
-    BV = _state_block_v(K, V, layout.n_seqs * H, k.device)
+    BV = state_block_v(K, V, layout.n_seqs * H, _multiprocessors(k.device))
     _delta_h_kernel[(triton.cdiv(V, BV), layout.n_seqs * H)](
         q, k, w, u, gc, h, v_new, o, h0, ht, layout.cu_seqlens, layout.chunk_offsets, T, scale,
         BK=_block(K, MAX_HEAD_DIM), BV=BV, USE_G=gc is not None, USE_H0=h0 is not None, STORE_HT=output_final_state,
@@ -226,22 +236,13 @@ def _state_pass(k, w, u, gc, h0, layout, output_final_state, common, q=None, sca
     return (o, ht) if output else (h, v_new, ht)
 
 
-def _output_in_state_pass(q: Tensor, v: Tensor, gc: Tensor | None, layout: ChunkLayout) -> bool:
-    """Whether the forward computes the output in the state pass (no h and U~ through memory, no output kernel).
-    Measured on the H100, DeltaNet: at B8 T4096 H16 D128 (256 programs) the forward 1.17 -> 1.06 ms and its peak
-    0.62 -> 0.38 GiB, but at B2 T16384 (64 programs) 1.62 -> 2.06 ms: the pass is sequential over chunks and each
-    step does more, which pays only with a program per multiprocessor. Not gated (the gate's terms make the pass
-    spill: 1.26 -> 1.49 ms at B8 T4096) and not with 32-wide V tiles (illegal memory accesses on the H100)."""
-    return gc is None and _state_block_v(q.shape[-1], v.shape[-1], layout.n_seqs * q.shape[2], q.device) == 64
-
-
 def _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state, save_t=False):
     """(o, final states or None, T or None): with save_t, T = (I + A)^-1 per chunk, for the backward."""
     common = _common(q, v, layout)
     Tm, w, u = _wy(k, v, beta, gc, layout, common)
     if not save_t:
         Tm = None  # freed now: not held through the rest of the forward
-    if _output_in_state_pass(q, v, gc, layout):
+    if output_in_state_pass(gc is not None, q.shape[-1], v.shape[-1], layout.n_seqs * q.shape[2], _multiprocessors(q.device)):
         o, ht = _state_pass(k, w, u, gc, h0, layout, output_final_state, common, q=q, scale=scale)
         return o, ht, Tm
     h, v_new, ht = _state_pass(k, w, u, gc, h0, layout, output_final_state, common)
@@ -275,7 +276,7 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, 
     dh = q.new_empty(layout.total_chunks, H, K, V)
     du = torch.empty_like(dv_local)
     dh0 = q.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if need_dh0 else None
-    BV = _state_block_v(K, V, layout.n_seqs * H, q.device)
+    BV = state_block_v(K, V, layout.n_seqs * H, _multiprocessors(q.device))
     _delta_dh_kernel[(triton.cdiv(V, BV), layout.n_seqs * H)](
         q, k, w, gc, do, dv_local, dh, du, dht, dh0, layout.cu_seqlens, layout.chunk_offsets, T, scale,
         BK=_block(K, MAX_HEAD_DIM), BV=BV, USE_G=use_g, USE_DHT=dht is not None, STORE_DH0=need_dh0,

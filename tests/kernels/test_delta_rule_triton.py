@@ -123,21 +123,11 @@ def test_gpu_step_replays_in_a_cuda_graph(op: str) -> None:
     assert torch.equal(out, expected) and torch.equal(state, eager_state)
 
 
+def test_state_pass_tiles_and_output_follow_the_measured_rules() -> None:
+    from kernels.delta_rule.chunk import output_in_state_pass, state_block_v
 
-def test_state_pass_tiles_and_output_follow_the_measured_rules(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kernels.delta_rule import chunk
-
-    monkeypatch.setattr(chunk, "_multiprocessors", lambda device: 132)
-
-    def fused(B: int, H: int, K: int, gated: bool = False) -> bool:
-        q, v = torch.empty(B, 64, H, K), torch.empty(B, 64, H, 128)
-        g = torch.empty(B, 64, H) if gated else None
-        return chunk._output_in_state_pass(q, v, g, chunk.chunk_layout(B, 64, chunk.CHUNK_SIZE, None))
-
-    assert fused(B=8, H=16, K=128)  # 256 programs: B8 T4096 H16 D128, where it was measured faster
-    assert not fused(B=2, H=16, K=128)  # 64 programs: B2 T16384, where it was measured slower
-    assert not fused(B=8, H=16, K=128, gated=True) and not fused(B=8, H=16, K=256)
-    # the state passes' V tiles: 32 where 64 would leave multiprocessors idle (B2 T16384: 64 programs) or K > 128
-    cpu = torch.device("cpu")
-    assert chunk._state_block_v(128, 128, 128, cpu) == 64 and chunk._state_block_v(128, 128, 32, cpu) == 32
-    assert chunk._state_block_v(256, 256, 128, cpu) == 32
+    # sequence x heads (B x H), 132 multiprocessors (H100)
+    assert state_block_v(128, 128, 8 * 16, 132) == 64 and output_in_state_pass(False, 128, 128, 8 * 16, 132)  # B8 T4096
+    assert state_block_v(128, 128, 2 * 16, 132) == 32 and not output_in_state_pass(False, 128, 128, 2 * 16, 132)  # B2 T16384
+    assert state_block_v(256, 256, 8 * 16, 132) == 32 and not output_in_state_pass(False, 256, 256, 8 * 16, 132)  # wide keys
+    assert not output_in_state_pass(True, 128, 128, 8 * 16, 132)  # gated
