@@ -7,15 +7,9 @@ import math
 import torch
 
 from benchmarks.kernels.shapes import CHUNK, SUB_CHUNK, Shape
-from kernels.delta_rule.chunk import output_in_state_pass
+from kernels.delta_rule.chunk import multiprocessors, output_in_state_pass
 
-H100_MULTIPROCESSORS = 132
-
-
-def multiprocessors() -> int:
-    """The current CUDA device's multiprocessor count, or the H100's without a GPU (the kernels' launch choices
-    depend on it, and so do the bytes they move)."""
-    return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count if torch.cuda.is_available() else H100_MULTIPROCESSORS
+H100_MULTIPROCESSORS = 132  # what the model assumes without a GPU
 
 
 def roofline_model(op: str, shape: Shape, chunk: int = CHUNK, sub_chunk: int = SUB_CHUNK, sms: int | None = None) -> dict:
@@ -39,7 +33,7 @@ def roofline_model(op: str, shape: Shape, chunk: int = CHUNK, sub_chunk: int = S
     The gate of lr_scalar and gated_delta adds g [B, T, H] fp32; gla's g is [B, T, H, K] fp32.
     `*_bytes_scheduled`, where given, is what our kernels move as scheduled (per-chunk states h, dh,
     T, W, U written and read back, recomputation), from the same READMEs; for the delta rule it depends on the
-    kernels' launch choices, and so on `sms`, the GPU's multiprocessor count (None: multiprocessors()).
+    kernels' launch choices, and so on `sms`, the GPU's multiprocessor count (None: the current GPU's, or an H100's).
     """
     B, T, H, D = shape.B, shape.T, shape.H, shape.D
     K = V = D
@@ -81,7 +75,9 @@ def roofline_model(op: str, shape: Shape, chunk: int = CHUNK, sub_chunk: int = S
         dg_tiles = math.ceil(K / 64) * n * e32 if g else 0  # the dQ/dK/dg kernel's dg share per 64-wide K tile
         wy = k + v + gb + tm + k + v  # read k, v, beta, g; write T, W, U (the backward reads T instead)
         state = 2 * k + v + h + v  # read k, W, U; write h, U~
-        if output_in_state_pass(op == "gated_delta", K, V, B * H, multiprocessors() if sms is None else sms):
+        if sms is None:
+            sms = multiprocessors(torch.device("cuda")) if torch.cuda.is_available() else H100_MULTIPROCESSORS
+        if output_in_state_pass(op == "gated_delta", K, V, B * H, sms):
             fwd_sched = wy + 2 * k + v + q + o  # the state pass reads k, W, U, q and writes o
         else:
             fwd_sched = wy + state + q + k + v + h + o  # then the output: read q, k, U~, h; write o

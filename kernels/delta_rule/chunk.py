@@ -168,7 +168,8 @@ AUTOTUNED = {  # the kernels of this file with all their config choices (the GPU
 
 
 @functools.cache
-def _multiprocessors(device: torch.device) -> int:
+def multiprocessors(device: torch.device) -> int:
+    """The GPU's multiprocessor count (the launch rules below depend on it); 1 on CPU (the interpreter)."""
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
@@ -227,7 +228,7 @@ def _state_pass(k, w, u, gc, h0, layout, output_final_state, common, q=None, sca
     v_new = None if output else torch.empty_like(u)
     o = torch.empty_like(u) if output else None
     ht = k.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if output_final_state else None
-    BV = state_block_v(K, V, layout.n_seqs * H, _multiprocessors(k.device))
+    BV = state_block_v(K, V, layout.n_seqs * H, multiprocessors(k.device))
     _delta_h_kernel[(triton.cdiv(V, BV), layout.n_seqs * H)](
         q, k, w, u, gc, h, v_new, o, h0, ht, layout.cu_seqlens, layout.chunk_offsets, T, scale,
         BK=_block(K, MAX_HEAD_DIM), BV=BV, USE_G=gc is not None, USE_H0=h0 is not None, STORE_HT=output_final_state,
@@ -242,7 +243,7 @@ def _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state, save_t=Fa
     Tm, w, u = _wy(k, v, beta, gc, layout, common)
     if not save_t:
         Tm = None  # freed now: not held through the rest of the forward
-    if output_in_state_pass(gc is not None, q.shape[-1], v.shape[-1], layout.n_seqs * q.shape[2], _multiprocessors(q.device)):
+    if output_in_state_pass(gc is not None, q.shape[-1], v.shape[-1], layout.n_seqs * q.shape[2], multiprocessors(q.device)):
         o, ht = _state_pass(k, w, u, gc, h0, layout, output_final_state, common, q=q, scale=scale)
         return o, ht, Tm
     h, v_new, ht = _state_pass(k, w, u, gc, h0, layout, output_final_state, common)
@@ -276,7 +277,7 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, 
     dh = q.new_empty(layout.total_chunks, H, K, V)
     du = torch.empty_like(dv_local)
     dh0 = q.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if need_dh0 else None
-    BV = state_block_v(K, V, layout.n_seqs * H, _multiprocessors(q.device))
+    BV = state_block_v(K, V, layout.n_seqs * H, multiprocessors(q.device))
     _delta_dh_kernel[(triton.cdiv(V, BV), layout.n_seqs * H)](
         q, k, w, gc, do, dv_local, dh, du, dht, dh0, layout.cu_seqlens, layout.chunk_offsets, T, scale,
         BK=_block(K, MAX_HEAD_DIM), BV=BV, USE_G=use_g, USE_DHT=dht is not None, STORE_DH0=need_dh0,
