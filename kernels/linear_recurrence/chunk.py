@@ -169,20 +169,31 @@ def _vector_decay_dqkg(q, k, v, gc, h, do, dh, scale, layout):
 def _linear_recurrence_op(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, scale: float,
     initial_state: Tensor | None, output_final_state: bool, cu_seqlens: Tensor | None, save_for_backward: bool = False,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(o, final state or an empty tensor, scores or an empty tensor): a custom op cannot return None. With
-    save_for_backward and a decay per key channel, the intra-chunk scores A (float32 [B, T, H, CHUNK_SIZE])
-    come back for the backward, which then skips recomputing them."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(o, final state, scores, gate cumsum), each of the last three an empty tensor when not returned: a custom op
+    cannot return None. With save_for_backward the backward's inputs come back: for a decay per key channel the
+    intra-chunk scores A (float32 [B, T, H, CHUNK_SIZE]), and for a float32 g its chunk-local cumsum gc (the size
+    of g, which the backward then needs no more: fla keeps g_cumsum the same way)."""
     layout = chunk_layout(q.shape[0], q.shape[1], CHUNK_SIZE, cu_seqlens)
     gc = None if g is None else chunk_local_cumsum(g, layout, CHUNK_SIZE, scale=LOG2E)
     h0 = None if initial_state is None else initial_state.float().contiguous()
     o, ht, A = _forward(q, k, v, gc, scale, h0, layout, output_final_state)
-    empty = q.new_empty(0, dtype=torch.float32)
-    return o, empty if ht is None else ht, A if save_for_backward and A is not None else q.new_empty(0, dtype=torch.float32)
+
+    def empty() -> Tensor:  # distinct empty tensors: outputs may not alias
+        return q.new_empty(0, dtype=torch.float32)
+
+    A = A if save_for_backward and A is not None else empty()
+    gc = gc if _saves_gate_cumsum(g, save_for_backward) else empty()
+    return o, empty() if ht is None else ht, A, gc
 
 
 def _saved_scores_shape(q: Tensor, g: Tensor | None, save: bool) -> tuple[int, ...]:
     return (*q.shape[:3], CHUNK_SIZE) if save and g is not None and g.dim() == 4 else (0,)
+
+
+def _saves_gate_cumsum(g: Tensor | None, save: bool) -> bool:
+    """The forward returns gc for the backward in place of g when they have one size (g float32)."""
+    return save and g is not None and g.dtype == torch.float32
 
 
 @_linear_recurrence_op.register_fake
@@ -190,18 +201,20 @@ def _(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, save_for
     n = q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
     shape = (n, q.shape[2], q.shape[3], v.shape[3]) if output_final_state else (0,)
     scores = q.new_empty(_saved_scores_shape(q, g, save_for_backward), dtype=torch.float32)
-    return torch.empty_like(v), q.new_empty(shape, dtype=torch.float32), scores
+    gc = torch.empty_like(g) if _saves_gate_cumsum(g, save_for_backward) else q.new_empty(0, dtype=torch.float32)
+    return torch.empty_like(v), q.new_empty(shape, dtype=torch.float32), scores, gc
 
 
 @torch.library.custom_op("seqmix::chunk_linear_recurrence_backward", mutates_args=())
 def _linear_recurrence_backward_op(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, scale: float, initial_state: Tensor | None,
     cu_seqlens: Tensor | None, do: Tensor, dht: Tensor | None, need_dg: bool, need_dh0: bool, saved_scores: Tensor | None = None,
+    g_is_cumsum: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dq, dk, dv, dg, dh0); dg and dh0 are empty tensors unless asked for. saved_scores: the forward's A (read
-    only), or None / an empty tensor to recompute it."""
+    only), or None / an empty tensor to recompute it. g_is_cumsum: g is the forward's gc (float32), not the gates."""
     layout = chunk_layout(q.shape[0], q.shape[1], CHUNK_SIZE, cu_seqlens)
-    gc = None if g is None else chunk_local_cumsum(g, layout, CHUNK_SIZE, scale=LOG2E)
+    gc = g if g is None or g_is_cumsum else chunk_local_cumsum(g, layout, CHUNK_SIZE, scale=LOG2E)
     h0 = None if initial_state is None else initial_state.float().contiguous()
     dht = None if dht is None else dht.float().contiguous()
     A = None if saved_scores is None or saved_scores.numel() == 0 else saved_scores
@@ -211,27 +224,28 @@ def _linear_recurrence_backward_op(
 
 
 @_linear_recurrence_backward_op.register_fake
-def _(q, k, v, g, scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0, saved_scores=None):
+def _(q, k, v, g, scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0, saved_scores=None, g_is_cumsum=False):
     grads = (torch.empty_like(x) for x in (q, k, v))
     return *grads, torch.empty_like(g) if need_dg else q.new_empty(0), torch.empty_like(initial_state) if need_dh0 else q.new_empty(0)
 
 
 def _setup_context(ctx, inputs, output) -> None:
     q, k, v, g, scale, initial_state, _, cu_seqlens, *_ = inputs
-    saved_scores = output[2]
-    ctx.mark_non_differentiable(saved_scores)
-    ctx.save_for_backward(q, k, v, g, initial_state, cu_seqlens, saved_scores)
+    _, _, saved_scores, saved_gc = output
+    ctx.mark_non_differentiable(saved_scores, saved_gc)
+    ctx.g_is_cumsum = saved_gc.numel() > 0
+    ctx.save_for_backward(q, k, v, saved_gc if ctx.g_is_cumsum else g, initial_state, cu_seqlens, saved_scores)
     ctx.scale = scale
 
 
-def _linear_recurrence_backward(ctx, do, dht, _):
+def _linear_recurrence_backward(ctx, do, dht, *_):
     q, k, v, g, initial_state, cu_seqlens, saved_scores = ctx.saved_tensors
     do = torch.zeros_like(v) if do is None else do
     dht = None if dht is None or dht.numel() == 0 else dht
     need_dg = g is not None and ctx.needs_input_grad[3]
     need_dh0 = initial_state is not None and ctx.needs_input_grad[5]
     dq, dk, dv, dg, dh0 = _linear_recurrence_backward_op(
-        q, k, v, g, ctx.scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0, saved_scores
+        q, k, v, g, ctx.scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0, saved_scores, ctx.g_is_cumsum
     )
     return dq, dk, dv, dg if need_dg else None, None, dh0 if need_dh0 else None, None, None, None
 
@@ -264,12 +278,12 @@ def chunk_linear_recurrence(
     check_inputs(q, k, v, g, initial_state, cu_seqlens, per_channel_g=True)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     q, k, v = (x.contiguous() for x in (q, k, v))
-    # a decay per key channel: keep the intra-chunk scores for the backward only when one will run (C * 4 bytes per
-    # token and head: 134 MB at B = 8, T = 4096, H = 16; without them the backward recomputes them, about 1.1 ms
-    # on the H100 at that size)
-    save = g is not None and g.dim() == 4 and torch.is_grad_enabled() and any(
+    # keep what the backward would recompute only when one will run: a decay per key channel's intra-chunk scores
+    # (C * 4 bytes per token and head: 134 MB at B = 8, T = 4096, H = 16; recomputed, about 0.4 ms on the H100 at
+    # that size) and a float32 g's chunk-local cumsum in place of g (0.18 ms there for a decay per key channel)
+    save = g is not None and torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (q, k, v, g, initial_state))
-    o, final_state, _ = _linear_recurrence_op(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, save)
+    o, final_state, *_ = _linear_recurrence_op(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, save)
     return o, final_state if output_final_state else None
 
 

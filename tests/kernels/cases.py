@@ -38,6 +38,7 @@ class Case:
     loss: str = "both"  # "both", "output" or "state": what the random loss reads
     via_core: bool = False  # through core's registered "triton" implementation instead of the kernel API
     seed: int = 0
+    gate_dtype: str = "float32"  # a float32 g's chunk-local cumsum is saved for the backward in its place; others recompute it
 
     @property
     def name(self) -> str:
@@ -47,6 +48,7 @@ class Case:
         parts += [f"varlen{len(self.lengths)}"] if self.lengths else []
         parts += [f"loss-{self.loss}"] if self.loss != "both" else []
         parts += ["core"] if self.via_core else []
+        parts += [f"g-{self.gate_dtype}"] if self.gate_dtype != "float32" else []
         return "-".join(parts)
 
 
@@ -86,8 +88,14 @@ def make_inputs(case: Case, device: str) -> dict[str, torch.Tensor | None]:
         "vector": F.logsigmoid(x_vector + 3),
         "gla": F.logsigmoid(x_vector) / 16,  # GLA's gate with its normaliser 16
         "strong": -5 * torch.sigmoid(x_vector + 2),  # down to -5: gamma falls by ~280 over a chunk, ~70 over a sub-chunk
+        # steep (~-11) and mild sub-chunks of 16 tokens in turn: the GLA kernels' diagonal blocks take both paths
+        # (elementwise where gamma falls by more than their span limit, one dot elsewhere) in one launch
+        "mixed": torch.where(
+            (torch.arange(T) // 16 % 2 == 0)[:, None, None], -12 * torch.sigmoid(x_vector + 3), F.logsigmoid(x_vector + 3)
+        ),
     }
-    inputs.update(g=gates[case.gate], initial_state=randn(n_states, case.H, case.K, case.V) if case.state else None)
+    g = gates[case.gate]
+    inputs.update(g=None if g is None else g.to(DTYPES[case.gate_dtype]), initial_state=randn(n_states, case.H, case.K, case.V) if case.state else None)
     if dtype == torch.float64:  # gates and states are float32 otherwise, float64 here
         inputs = {name: None if x is None else x.double() for name, x in inputs.items()}
     return {name: None if x is None else x.to(device) for name, x in inputs.items()}
@@ -198,6 +206,9 @@ GLA_INTERPRETER_CASES = [
     Case(T=65, K=16, V=16, B=1, H=1, dtype="float16", gate="strong", seed=5),
     Case(T=0, K=16, V=24, H=1, gate="vector", lengths=(5, 70, 0, 1, 30), seed=6),  # an empty sequence keeps its state
     Case(T=70, K=16, V=16, B=1, gate="vector", loss="state", seed=7),
+    Case(T=70, K=72, V=24, B=1, H=1, gate="mixed", seed=10),
+    Case(T=65, K=32, V=16, B=1, H=1, dtype="float16", gate="mixed", seed=11),
+    Case(T=65, K=32, V=16, B=1, H=1, dtype="float16", gate="gla", gate_dtype="float16", seed=12),  # gc recomputed
     Case(T=65, K=16, V=16, B=1, gate="gla", loss="output", state=False, seed=8),
     Case(T=40, K=64, V=64, B=1, H=1, dtype="float16", gate="gla", via_core=True, seed=9),
 ]

@@ -4,7 +4,8 @@ chunked PyTorch form: outputs, final states, every gradient (q, k, v, g, initial
 On CPU the kernels run through Triton's interpreter in a subprocess (see tests/kernels/helpers.py),
 at small sizes: T in {1, 63, 65, 70}, head dims 16, 32 and not powers of two, K above one sub-chunk
 kernel tile, packed sequences with an empty one, float32 and float16, GLA gates (logsigmoid / 16)
-and strong ones (down to -5, where the plain factorisation would overflow). On CUDA (`-m gpu`) they
+strong ones (down to -5, where the plain factorisation would overflow) and steep and mild
+sub-chunks in turn (both paths of the diagonal blocks). On CUDA (`-m gpu`) they
 run compiled at the issue's sizes: bf16, T in {1, 63, 64, 65, 1000, 4096}, head dims {64, 100, 128},
 every autotune config, no recompilation per length and 64-bit offsets.
 """
@@ -62,6 +63,8 @@ GPU_CASES = [
     Case(lengths=LENGTHS, K=64, V=64, H=4, dtype=BF16, gate="vector", via_core=True, seed=12),
     Case(T=197, K=32, V=32, B=8, H=4, dtype=BF16, gate="gla", seed=13),  # small head dims
     Case(T=300, K=16, V=48, B=4, H=4, dtype=BF16, gate="strong", seed=14),
+    Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, gate="mixed", seed=15),  # both diagonal-block paths in one launch
+    Case(lengths=LENGTHS, K=100, V=64, H=4, dtype="float16", gate="mixed", seed=16),
 ]
 
 
@@ -89,6 +92,7 @@ def test_gpu_every_autotune_config(index: int, monkeypatch: pytest.MonkeyPatch) 
         Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, gate="gla", seed=20),
         Case(lengths=LENGTHS, K=100, V=100, H=4, dtype=BF16, gate="vector", seed=21),
         Case(T=300, K=64, V=64, B=2, H=4, dtype="float16", gate="strong", seed=22),
+        Case(T=300, K=128, V=128, B=2, H=4, dtype=BF16, gate="mixed", seed=23),
     )
     check_every_config(AUTOTUNED, index, cases, monkeypatch)
 
