@@ -149,13 +149,13 @@ def measure(op: str, shape: Shape, impl: str, inputs: dict, ref: dict | None, se
     return row
 
 
-def profile(op: str, shape: Shape, seconds: float | None) -> str:
-    """CUDA time of each kernel in ten forward + backward passes of ours (after warm-up, so autotuning is
+def profile(op: str, impl: str, shape: Shape, seconds: float | None) -> str:
+    """CUDA time of each kernel in ten forward + backward passes of an impl (after warm-up, so autotuning is
     excluded), as torch.profiler's table, sorted by total CUDA time. Gradients are dropped after each pass, as
     do_bench's grad_to_none does, so that no accumulation into .grad shows up."""
     try:
-        with time_limit(seconds, f"profile {op} {shape.name}"):
-            fn, _ = implementation(op, "ours")
+        with time_limit(seconds, f"profile {op} {shape.name} {impl}"):
+            fn, _ = implementation(op, impl)
             inputs = make_inputs(op, shape)
             leaves = {n: inputs[n].detach().requires_grad_() for n in LEAVES if n in inputs}
 

@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-seconds-per-impl", type=float, default=240.0,
                         help="budget of one (op, shape, impl) measurement, first call (autotuning) included (default 240)")
     parser.add_argument("--max-seconds", type=float, default=None, help="budget of the whole run (default: none)")
-    parser.add_argument("--profile", action="store_true", help="also print and record the time of each kernel of ours (forward + backward) per op, at the first shape")
+    parser.add_argument("--profile", action="store_true", help="also print and record the time of each kernel (forward + backward) per op, of ours and fla where asked for, at the first shape")
     parser.add_argument("--resume", type=Path, help="a JSON of an earlier run on this device: keep its finished rows, measure the rest")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder (default benchmarks/results)")
     args = parser.parse_args(argv)
@@ -148,10 +148,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"decode: {result['decode']}", flush=True)
     if args.profile:
         result["profiles"] = {}
-        for op in (o for o in args.ops if "ours" in impls_for(o, args.impls)):
-            result["profiles"][op] = table = profile(op, args.shapes[0], budget())
-            print(f"profile of ours, {op} {args.shapes[0].name}, ten forward + backward passes:\n{table}", flush=True)
-            torch.cuda.empty_cache()
+        for op in args.ops:
+            for impl in (i for i in impls_for(op, args.impls) if i in ("ours", "fla")):
+                result["profiles"].setdefault(op, {})[impl] = table = profile(op, impl, args.shapes[0], budget())
+                print(f"profile of {impl}, {op} {args.shapes[0].name}, ten forward + backward passes:\n{table}", flush=True)
+                torch.cuda.empty_cache()
     result["rows"] = [r for key, r in done.items() if key not in order]  # earlier rows outside this run's plan
     save()
     cache: dict = {}  # (op, shape) -> (inputs, reference) of the current pass
