@@ -40,6 +40,10 @@ whole table:
     python -m benchmarks.rl_d4rl --datasets halfcheetah-medium halfcheetah-medium_replay --models dt_attention bc --parallel 12 --epochs 4 --train-time 400 --merge benchmarks/results/rl_d4rl_hopper_bf16.json --out rl_d4rl_bf16 --runs-dir R
     python -m benchmarks.rl_d4rl --datasets halfcheetah-medium halfcheetah-medium_replay --parallel 12 --epochs 4 --train-time 400 --merge benchmarks/results/rl_d4rl_hopper_bf16.json --out rl_d4rl_bf16 --runs-dir R
 
+A fourth seed on the medium data sets (session 11, H100, 265 s), its latency rows taken from the merged table:
+
+    python -m benchmarks.rl_d4rl --datasets hopper-medium halfcheetah-medium --seeds 3 --parallel 8 --epochs 4 --train-time 400 --latency-dataset hopper-medium_replay --merge benchmarks/results/rl_d4rl_bf16.json --out rl_d4rl_bf16_seed3
+
 Runs that finished (trainings and latency timings) are kept in --runs-dir with the command they ran (see
 benchmarks.parallel.unfinished): the same command started again runs only the rest, e.g. on the next machine with the
 folder copied over.
