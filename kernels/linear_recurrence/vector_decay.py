@@ -111,9 +111,9 @@ def _intra_scores_kernel(
                 b_a = tl.sum(b_qf * b_kc[None, :] * b_decay, axis=1)  # [BC]
                 b_Ad = tl.where(o_j[None, :] == j, b_Ad + b_a[:, None], b_Ad)  # a [BC, BC] update, not [BC, BT]
                 off_c += H * K
-    # two stores that never share an address: the dot's columns (causal; I's only unless steep), then the elementwise
-    # diagonal block
-    # (masks combined with the scalar steep through tl.where: the interpreter cannot broadcast a scalar bool in &)
+    # two stores that never share an address: the dot's columns, zero above the diagonal (I's columns too unless
+    # steep), then, when steep, the elementwise diagonal block. The masks take the scalar steep through tl.where:
+    # Triton's interpreter cannot broadcast a scalar bool in &.
     outside_I = (o_c < ref) | (o_c >= ref + BC)
     p_A = A + base * BT + (o_r * H * BT)[:, None]
     b_A = tl.where(o_c[None, :] <= o_r[:, None], b_A, 0)
