@@ -23,9 +23,9 @@ def roofline_model(op: str, shape: Shape, chunk: int = CHUNK, sub_chunk: int = S
     - linear recurrence, forward: state update, Q h (2 x 2CKV), Q K^T (2C^2K), A V (2C^2V); backward:
       recomputed state, dh, K dh, dO h^T, V dh^T (5 x 2CKV), four C^2K and three C^2V products.
     - GLA (decay per key channel): the same matmul FLOPs as the scalar decay, plus the sub-chunk work
-      of the score matrix: its diagonal S x S blocks (S = 16, fla's sub-chunk) are computed elementwise,
-      2 FLOPs per (pair, channel), 2CSK per chunk forward and twice that backward (dq, dk); exps and the
-      O(CK) gate scalings are not counted.
+      of the score matrix: its diagonal S x S blocks (S = 16, fla's sub-chunk; in the sub-chunk dots, or
+      elementwise where the gate is steep), 2 FLOPs per (pair, channel), 2CSK per chunk forward and twice
+      that backward (dq, dk); exps and the O(CK) gate scalings are not counted.
     - delta rule, forward: K K^T, W = T Kb, U = T Vb, W h and the state update, Q h, Q K^T, A U~
       (3 x 2CKV + 3 x 2C^2K + 2 x 2C^2V); backward 2.5 x the forward.
     - causal attention: 4 T(T+1)/2 D per (batch, head) forward (Q K^T and P V over the causal half),
