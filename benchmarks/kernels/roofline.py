@@ -31,7 +31,7 @@ def roofline_model(op: str, shape: Shape, chunk: int = CHUNK, sub_chunk: int = S
     - causal attention: 4 T(T+1)/2 D per (batch, head) forward (Q K^T and P V over the causal half),
       2.5 x that backward (Q K^T recomputed, dV, dP, dQ, dK).
     The gate of lr_scalar and gated_delta adds g [B, T, H] fp32; gla's g is [B, T, H, K] fp32.
-    `*_bytes_scheduled`, where given, is what our kernels move as scheduled (per-chunk states h, dh,
+    `*_bytes_scheduled` is what our kernels move as scheduled (per-chunk states h, dh, GLA's scores A,
     T, W, U written and read back, recomputation), from the same READMEs; for the delta rule it depends on the
     kernels' launch choices, and so on `sms`, the GPU's multiprocessor count (None: the current GPU's, or an H100's).
     """
@@ -59,6 +59,19 @@ def roofline_model(op: str, shape: Shape, chunk: int = CHUNK, sub_chunk: int = S
         if op == "gla":
             fwd_flops += chunks * 2 * chunk * sub_chunk * K
             bwd_flops += chunks * 4 * chunk * sub_chunk * K
+            # as scheduled (kernels/linear_recurrence/README.md, session 11): gamma (gc, fp32 like g) computed once
+            # and saved; A (fp32 [B, T, H, C]) saved; h recomputed; dq, dk's intra-chunk parts through fp32 buffers
+            h, A, gc = chunks * K * V * e, n * chunk * e32, g
+            state = k + v + gc + h  # read k, v, gamma; write h
+            fwd_sched = (g + gc) + state + (q + k + gc + A) + (q + h + gc + A + v + o)  # cumsum, states, A, output
+            model["fwd_bytes_scheduled"] = fwd_sched
+            model["fwdbwd_bytes_scheduled"] = fwd_sched + (
+                state  # h again
+                + q + v + gc + h  # reverse pass: read q, dO, gamma; write dh
+                + k + h + gc + A + v + v  # dv: read k, dh, gamma, A, dO; write dv
+                + q + k + 2 * v + gc + 2 * gc  # intra-chunk dq, dk: read q, k, v, dO, gamma; write two fp32 buffers
+                + q + k + 2 * v + gc + 2 * h + 2 * gc + q + k + g  # dq, dk, dg: read those, h, dh; write dq, dk, dg
+            )
         else:
             h = chunks * K * V * e  # per-chunk states
             qkv = q + k + v

@@ -72,6 +72,10 @@ def test_roofline_model_matches_the_kernel_readmes():
     assert gla["fwd_flops"] - lr["fwd_flops"] == chunks * 2 * 64 * 16 * 128
     assert gla["fwdbwd_flops"] - lr["fwdbwd_flops"] == chunks * 6 * 64 * 16 * 128
     assert gla["fwd_bytes"] - none["fwd_bytes"] == 8 * 4096 * 16 * 128 * 4
+    # as scheduled since session 11 (the README's pass-by-pass count, MB: forward 536 + 804 + 670 + 1072, backward
+    # 804 + 804 + 1072 + 1340 + 2412)
+    assert gla["fwd_bytes_scheduled"] == pytest.approx(3.082e9, rel=2e-3)
+    assert gla["fwdbwd_bytes_scheduled"] == pytest.approx(9.514e9, rel=2e-3)
     # causal attention: 4 T (T + 1) / 2 D per (batch, head) forward, 2.5 x that backward
     att = roofline_model("attention", Shape(1, 4, 1, 2))
     assert att["fwd_flops"] == 4 * 10 * 2 and att["fwdbwd_flops"] == 80 + 200
