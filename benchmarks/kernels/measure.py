@@ -186,8 +186,11 @@ def chosen_configs() -> dict[str, list[dict]]:
         return {"key": [str(k) for k in key], "num_warps": chosen.num_warps, "num_stages": chosen.num_stages,
                 "default": (chosen.num_warps, chosen.num_stages) == (default.num_warps, default.num_stages)}
 
-    return {kernel.base_fn.__name__: [config(key, chosen, choices[0]) for key, chosen in kernel.cache.items()]
-            for kernel, choices in {**LINEAR, **DELTA}.items() if kernel.cache}
+    chosen: dict[str, list[dict]] = {}
+    for kernel, choices in {**LINEAR, **DELTA}.items():  # a kernel may have several autotuners (config lists)
+        for key, config_chosen in kernel.cache.items():
+            chosen.setdefault(kernel.base_fn.__name__, []).append(config(key, config_chosen, choices[0]))
+    return chosen
 
 
 def ceilings() -> dict:

@@ -81,6 +81,19 @@ def resources(cubin: bytes) -> dict:
     return {"registers": int(found["REG"]), "spill_bytes": int(found["STACK"])}
 
 
+def autotune_choices(module, name: str) -> tuple:
+    """(the jit function `name` of `module`, its configs): those of its autotuner, or of all of them where the
+    module autotunes one kernel over several config lists (in order, without repeats); one default config if none."""
+    import triton
+
+    kernel = getattr(module, name)
+    if isinstance(kernel, triton.runtime.Autotuner):
+        return kernel.fn, kernel.configs
+    tuners = [t for t in vars(module).values() if isinstance(t, triton.runtime.Autotuner) and t.fn is kernel]
+    choices = {str(c): c for t in tuners for c in t.configs}
+    return kernel, list(choices.values()) or [triton.Config({})]
+
+
 def compile_launch(launch: dict, arch: int) -> list[dict]:
     """Compile one recorded launch for sm_<arch> with each of its autotune configs; one row per config."""
     import triton
@@ -89,9 +102,7 @@ def compile_launch(launch: dict, arch: int) -> list[dict]:
     from triton.runtime.jit import MockTensor, native_specialize_impl
 
     module, name = launch["kernel"].split(":")
-    kernel = getattr(importlib.import_module(module), name)
-    tuned = isinstance(kernel, triton.runtime.Autotuner)
-    jit, choices = (kernel.fn, kernel.configs) if tuned else (kernel, [triton.Config({})])
+    jit, choices = autotune_choices(importlib.import_module(module), name)
     signature, constexprs, attrs = {}, {}, {}
     for i, param in enumerate(jit.params):
         kind, value = launch["args"][param.name]

@@ -14,10 +14,10 @@ only when none was saved), the state pass again, the linear recurrence's chunk-l
 `_delta_dh_kernel` (dh and dU~, reverse), the linear recurrence's
 dQ/dK/dg kernel, then `_wy_bwd_kernel` (dK, dV, dbeta, dg through T, W and U).
 
-The sequential state passes keep their recurrent operands in float32 (tf32 dots for 16-bit inputs;
-the reverse pass only ungated and where K <= 128: see _delta_dh_kernel): the
-pseudo-values U - W h are differences of nearly equal terms, and bf16 rounding of h or U~ there
-compounds over the chunks (measured 0.5 % output error at T = 4096 with bf16 operands).
+Without a gate the sequential state passes keep their recurrent operands in float32 (tf32 dots for 16-bit inputs;
+the reverse pass only where K <= 128: see _delta_dh_kernel): the pseudo-values U - W h are differences of nearly
+equal terms, and bf16 rounding of h or U~ there compounds over the chunks (measured 0.5 % output error at T = 4096
+with bf16 operands). With a gate, which damps that compounding, both passes take 16-bit operands, as fla's.
 
 Layout as in kernels.linear_recurrence: q, k (B, T, H, K); v (B, T, H, V); beta, g (B, T, H); states
 (N, H, K, V) float32; per-chunk h, dh (total_chunks, H, K, V) in the input dtype; T per chunk and
@@ -40,22 +40,30 @@ from kernels.linear_recurrence.chunk import CHUNK_SIZE, DTYPES, MAX_HEAD_DIM, _b
 from kernels.linear_recurrence.passes import DQK_K_TILE, KEY, _bwd_dqk_kernel, _bwd_dv_kernel, _fwd_o_kernel
 
 STATE_CHOICES = all_configs(warps=(4, 2), stages=(2, 3))
+# The gated reverse pass (16-bit operands) with one pipeline stage first: two stages take 129 KB of shared memory, one
+# program per multiprocessor; one stage lets two share it. H100, B8 T4096 H16 D128 (session 12): 0.60 -> 0.49 ms. The
+# ungated pass (float32 operands) keeps two stages first (one: 0.47 -> 0.56 ms).
+GATED_DH_CHOICES = all_configs(warps=(4,), stages=(1, 2, 3))
 
 
 # --- state passes: one program per (V tile, sequence and head) with the whole K, sequential over chunks ---
 
 
-@triton.autotune(configs=configs(STATE_CHOICES), key=KEY + ["USE_H0", "STORE_HT", "OUTPUT"])
+@triton.autotune(configs=configs(STATE_CHOICES), key=KEY + ["USE_H0", "STORE_HT", "OUTPUT", "F32_OPERANDS"])
 @triton.jit(do_not_specialize=["T"])
 def _delta_h_kernel(
     q, k, w, u, gc, h, v_new, o, h0, ht, cu_seqlens, chunk_offsets, T, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_G: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DOT_PREC: tl.constexpr, OUTPUT: tl.constexpr,
+    DOT_PREC: tl.constexpr, OUTPUT: tl.constexpr, F32_OPERANDS: tl.constexpr,
 ):
     """h[c] = state entering chunk c; U~ = U - W h[c]; S <- exp(gamma_C) S + (K * exp(gamma_C - gamma))^T U~.
     OUTPUT (the forward, ungated only): the output O = scale Q h[c] + (scale Q K^T, causal) U~ of the chunk from h[c] and
-    U~ in registers, instead of storing h and U~ (the backward's pass) for the output kernel."""
+    U~ in registers, instead of storing h and U~ (the backward's pass) for the output kernel.
+    F32_OPERANDS: float32 operands in the two recurrent dots; 16-bit ones with a gate: H100, B8 T4096 H16 D128
+    (session 12), this pass 0.365 -> 0.296 ms, gated forward + backward 4.36 -> 4.17 ms, errors unchanged (2.9e-3
+    output, 3.4e-3 worst gradient). The gated output in this pass, tried again with them, was slower (0.75 ms
+    against 0.30 + 0.31 for this pass and the output kernel)."""
     tl.static_assert(not (OUTPUT and USE_G), "the output in the state pass is ungated")
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -75,7 +83,10 @@ def _delta_h_kernel(
         m_tv = m_t[:, None] & m_v[None, :]
         b_w = tl.load(w + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)  # [BT, BK]
         b_u = tl.load(u + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0).to(tl.float32)  # [BT, BV]
-        b_u -= tl.dot(b_w.to(tl.float32), b_h, input_precision=DOT_PREC)
+        if F32_OPERANDS:
+            b_u -= tl.dot(b_w.to(tl.float32), b_h, input_precision=DOT_PREC)
+        else:
+            b_u -= tl.dot(b_w, b_h.to(b_w.dtype), input_precision=DOT_PREC)
         b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)  # [BK, BT]
         if USE_G:
             last = tl.minimum(i_t * BT + BT, T) - 1
@@ -93,12 +104,14 @@ def _delta_h_kernel(
         if USE_G:
             b_h *= tl.exp2(b_g_last)
             b_u *= tl.exp2(b_g_last - b_g)[:, None]
-        b_h += tl.dot(b_kt.to(tl.float32), b_u, input_precision=DOT_PREC)
+        if F32_OPERANDS:
+            b_h += tl.dot(b_kt.to(tl.float32), b_u, input_precision=DOT_PREC)
+        else:
+            b_h += tl.dot(b_kt, b_u.to(b_kt.dtype), input_precision=DOT_PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
-@triton.autotune(configs=configs(STATE_CHOICES), key=KEY + ["USE_DHT", "STORE_DH0", "F32_OPERANDS"])
 @triton.jit(do_not_specialize=["T"])
 def _delta_dh_kernel(
     q, k, w, gc, do, dv_local, dh, du, dht, dh0, cu_seqlens, chunk_offsets, T, scale,
@@ -158,11 +171,17 @@ def _delta_dh_kernel(
         tl.store(dh0 + i_nh.to(tl.int64) * K * V + o_kv, b_dh, mask=m_kv)
 
 
+# the reverse pass, autotuned over its config list per gate (the launch picks one)
+DH_KEY = KEY + ["USE_DHT", "STORE_DH0", "F32_OPERANDS"]
+_delta_dh_ungated = triton.autotune(configs=configs(STATE_CHOICES), key=DH_KEY)(_delta_dh_kernel)
+_delta_dh_gated = triton.autotune(configs=configs(GATED_DH_CHOICES), key=DH_KEY)(_delta_dh_kernel)
+
 AUTOTUNED = {  # the kernels of this file with all their config choices (the GPU tests try each one)
     _wy_fwd_kernel: WY_CHOICES,
     _wy_bwd_kernel: WY_CHOICES,
     _delta_h_kernel: STATE_CHOICES,
-    _delta_dh_kernel: STATE_CHOICES,
+    _delta_dh_ungated: STATE_CHOICES,
+    _delta_dh_gated: GATED_DH_CHOICES,
 }
 
 
@@ -234,7 +253,7 @@ def _state_pass(k, w, u, gc, h0, layout, output_final_state, common, q=None, sca
     _delta_h_kernel[(triton.cdiv(V, BV), layout.n_seqs * H)](
         q, k, w, u, gc, h, v_new, o, h0, ht, layout.cu_seqlens, layout.chunk_offsets, T, scale,
         BK=_block(K, MAX_HEAD_DIM), BV=BV, USE_G=gc is not None, USE_H0=h0 is not None, STORE_HT=output_final_state,
-        OUTPUT=output, **common,
+        OUTPUT=output, F32_OPERANDS=gc is None, **common,
     )
     return (o, ht) if output else (h, v_new, ht)
 
@@ -280,7 +299,7 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, 
     du = torch.empty_like(dv_local)
     dh0 = q.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if need_dh0 else None
     BV = state_block_v(K, V, layout.n_seqs * H, multiprocessors(q.device))
-    _delta_dh_kernel[(triton.cdiv(V, BV), layout.n_seqs * H)](
+    (_delta_dh_gated if use_g else _delta_dh_ungated)[(triton.cdiv(V, BV), layout.n_seqs * H)](
         q, k, w, gc, do, dv_local, dh, du, dht, dh0, layout.cu_seqlens, layout.chunk_offsets, T, scale,
         BK=_block(K, MAX_HEAD_DIM), BV=BV, USE_G=use_g, USE_DHT=dht is not None, STORE_DH0=need_dh0,
         F32_OPERANDS=K <= 128 and not use_g, **common,

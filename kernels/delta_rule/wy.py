@@ -12,25 +12,25 @@ from kernels.common.chunks import chunk_coords, chunk_rows
 from kernels.common.config import all_configs, configs
 from kernels.linear_recurrence.passes import KEY
 
-WY_CHOICES = all_configs(warps=(4, 8), stages=(2, 3))
+WY_CHOICES = all_configs(warps=(4, 8), stages=(3, 2))
 
 
 # --- per chunk: the WY representation ------------------------------------------------------------------
 
 
 @triton.jit
-def _invert_unit_lower_16(A):
+def _invert_unit_lower_16(A, PREC: tl.constexpr):
     """(I + A)^-1 of a strictly lower-triangular 16 x 16 float32 block, by doubling: X, the inverse of the
     diagonal blocks of size b, becomes that of size 2b as X - X L X, L the part of A in the lower-left
     b x b blocks inside each 2b x 2b one (the 2 x 2 block inverse [[X1, 0], [-X2 A21 X1, X2]]).
-    Six exact fp32 dots in three dependent steps (after X = I - L for b = 1), with no memory round trip,
+    Six fp32 dots (see _mm) in three dependent steps (after X = I - L for b = 1), with no memory round trip,
     instead of 15 dependent substitution steps."""
     i = tl.arange(0, 16)[:, None]
     j = tl.arange(0, 16)[None, :]
     X = tl.where(i == j, 1.0, 0.0) - tl.where((i // 2 == j // 2) & (i > j), A, 0)
     for b in tl.static_range(1, 4):  # blocks of 2, 4, 8 become blocks of 4, 8, 16
         L = tl.where((i >> (b + 1) == j >> (b + 1)) & (i >> b != j >> b), A, 0)
-        X -= _mm(X, _mm(L, X))
+        X -= _mm(X, _mm(L, X, PREC), PREC)
     return X
 
 
@@ -47,28 +47,32 @@ def _store16(p, i: tl.constexpr, j: tl.constexpr, x, BT: tl.constexpr):
 
 
 @triton.jit
-def _mm(a, b):
-    return tl.dot(a, b, input_precision="ieee")  # 16 x 16 blocks of T: exact fp32, cheap at this size
+def _mm(a, b, PREC: tl.constexpr):
+    """A product of 16 x 16 float32 blocks of T in PREC, the op's DOT_PREC: exact ("ieee") for float32 inputs, tf32
+    for 16-bit ones (where "ieee" was used until session 11). tf32 (H100,
+    gated B8 T4096 H16 D128, session 12): the inverting kernel 0.60 -> 0.55 ms, T's relative error against float64
+    6.7e-9 -> 3.1e-5, while W and U, rounded to 16 bits, stay at 2e-3."""
+    return tl.dot(a, b, input_precision=PREC)
 
 
 @triton.jit
-def _invert_unit_lower_64(p, BT: tl.constexpr):
+def _invert_unit_lower_64(p, BT: tl.constexpr, PREC: tl.constexpr):
     """Overwrites the strictly lower-triangular 64 x 64 float32 A at p with (I + A)^-1: the four diagonal
     16 x 16 blocks by substitution, then block forward substitution X_ij = -X_ii sum_k A_ik X_kj.
     Much faster than 63 substitution steps on the whole matrix. The caller synchronises around it."""
     tl.static_assert(BT == 64, "the block inversion is written for chunks of 64 tokens")
-    X00 = _invert_unit_lower_16(_block16(p, 0, 0, BT))
-    X11 = _invert_unit_lower_16(_block16(p, 1, 1, BT))
-    X22 = _invert_unit_lower_16(_block16(p, 2, 2, BT))
-    X33 = _invert_unit_lower_16(_block16(p, 3, 3, BT))
+    X00 = _invert_unit_lower_16(_block16(p, 0, 0, BT), PREC)
+    X11 = _invert_unit_lower_16(_block16(p, 1, 1, BT), PREC)
+    X22 = _invert_unit_lower_16(_block16(p, 2, 2, BT), PREC)
+    X33 = _invert_unit_lower_16(_block16(p, 3, 3, BT), PREC)
     A10, A20, A30 = _block16(p, 1, 0, BT), _block16(p, 2, 0, BT), _block16(p, 3, 0, BT)
     A21, A31, A32 = _block16(p, 2, 1, BT), _block16(p, 3, 1, BT), _block16(p, 3, 2, BT)
-    X10 = -_mm(X11, _mm(A10, X00))
-    X21 = -_mm(X22, _mm(A21, X11))
-    X32 = -_mm(X33, _mm(A32, X22))
-    X20 = -_mm(X22, _mm(A20, X00) + _mm(A21, X10))
-    X31 = -_mm(X33, _mm(A31, X11) + _mm(A32, X21))
-    X30 = -_mm(X33, _mm(A30, X00) + _mm(A31, X10) + _mm(A32, X20))
+    X10 = -_mm(X11, _mm(A10, X00, PREC), PREC)
+    X21 = -_mm(X22, _mm(A21, X11, PREC), PREC)
+    X32 = -_mm(X33, _mm(A32, X22, PREC), PREC)
+    X20 = -_mm(X22, _mm(A20, X00, PREC) + _mm(A21, X10, PREC), PREC)
+    X31 = -_mm(X33, _mm(A31, X11, PREC) + _mm(A32, X21, PREC), PREC)
+    X30 = -_mm(X33, _mm(A30, X00, PREC) + _mm(A31, X10, PREC) + _mm(A32, X20, PREC), PREC)
     tl.debug_barrier()  # every block of A is read before the first is overwritten
     zero = tl.zeros([16, 16], dtype=tl.float32)
     _store16(p, 0, 0, X00, BT)
@@ -87,6 +91,21 @@ def _invert_unit_lower_64(p, BT: tl.constexpr):
     _store16(p, 3, 1, X31, BT)
     _store16(p, 3, 2, X32, BT)
     _store16(p, 3, 3, X33, BT)
+
+
+@triton.jit
+def _split16(x, dt: tl.constexpr):
+    """x (float32) as head + tail in dt: head = x rounded to dt, tail = the rest rounded to dt (zero for float32)."""
+    hi = x.to(dt)
+    return hi, (x - hi.to(tl.float32)).to(dt)
+
+
+@triton.jit
+def _dot_split(hi, lo, b, DOT_PREC: tl.constexpr):
+    """(hi + lo) @ b with b in hi's dtype: two 16-bit dots, or one exact one in float32."""
+    if DOT_PREC == "ieee":  # float32 inputs: lo is zero
+        return tl.dot(hi, b, input_precision=DOT_PREC)
+    return tl.dot(hi, b, input_precision=DOT_PREC) + tl.dot(lo, b, input_precision=DOT_PREC)
 
 
 @triton.autotune(configs=configs(WY_CHOICES), key=KEY + ["HAVE_T"])
@@ -123,20 +142,27 @@ def _wy_fwd_kernel(
         b_A = tl.where(strict, b_A * b_beta[:, None], 0)
         tl.store(p_T + (o_c[:, None] * BT + o_c[None, :]), b_A)
         tl.debug_barrier()  # A goes through memory to be read back as 16 x 16 blocks
-        _invert_unit_lower_64(p_T, BT)
+        _invert_unit_lower_64(p_T, BT, DOT_PREC)
         tl.debug_barrier()
+    # W = (T Diag(beta exp(gamma))) K and U = (T Diag(beta)) V: the scaled T split into a 16-bit head and tail, each
+    # times the 16-bit K or V as loaded. H100, gated B8 T4096 H16 D128 (session 12), against float32 (tf32) operands
+    # T and K * beta exp(gamma): this kernel 0.55 -> 0.46 ms inverting, 0.29 -> 0.27 ms from a saved T, W's error
+    # against float64 2.1e-3 -> 2.0e-3. T rounded to 16 bits in one dot (fla's way) was faster still (0.52 / 0.24 ms
+    # before tf32 in _mm) but failed two GPU tests: DeltaNet's output error 0.00503 at T = 4096, dh0's 0.011
     b_A = tl.load(p_T + (o_c[:, None] * BT + o_c[None, :]))  # T = (I + A)^-1
+    b_hi, b_lo = _split16(b_A * k_scale[None, :], k.dtype.element_ty)
     for i_k in tl.static_range(0, (K + BK - 1) // BK):
         o_k = i_k * BK + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k[None, :] < K)
-        b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0).to(tl.float32)
-        b_w = tl.dot(b_A, b_k * k_scale[:, None], input_precision=DOT_PREC)
+        b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0)
+        b_w = _dot_split(b_hi, b_lo, b_k, DOT_PREC)
         tl.store(w + base * K + (r[:, None] * K + o_k[None, :]), b_w.to(w.dtype.element_ty), mask=m_tk)
+    b_hi, b_lo = _split16(b_A * b_beta[None, :], v.dtype.element_ty)
     for i_v in tl.static_range(0, (V + BV - 1) // BV):
         o_v = i_v * BV + tl.arange(0, BV)
         m_tv = m_t[:, None] & (o_v[None, :] < V)
-        b_v = tl.load(v + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0).to(tl.float32)
-        b_u = tl.dot(b_A, b_v * b_beta[:, None], input_precision=DOT_PREC)
+        b_v = tl.load(v + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0)
+        b_u = _dot_split(b_hi, b_lo, b_v, DOT_PREC)
         tl.store(u + base * V + (r[:, None] * V + o_v[None, :]), b_u.to(u.dtype.element_ty), mask=m_tv)
 
 

@@ -42,6 +42,7 @@ GPU_CASES = [
     Case(T=4096, K=128, V=128, B=2, H=4, dtype=BF16, gate="none", state=False, op=DELTA, seed=2),
     Case(T=1000, K=128, V=128, B=2, H=4, dtype="float16", op=DELTA, seed=4),
     Case(T=1000, K=256, V=256, B=1, H=2, dtype=BF16, op=DELTA, seed=5),  # the largest head dim
+    Case(T=1000, K=256, V=256, B=1, H=2, dtype=BF16, gate="none", op=DELTA, seed=19),  # ungated: 16-bit reverse pass
     Case(T=300, K=64, V=200, B=2, H=4, dtype=BF16, op=DELTA, seed=6),
     Case(lengths=LENGTHS, K=128, V=128, H=4, dtype=BF16, op=DELTA, seed=7),
     Case(lengths=LENGTHS, K=100, V=100, H=4, dtype=BF16, gate="none", op=DELTA, seed=8),
