@@ -233,6 +233,7 @@ def _setup_context(ctx, inputs, output) -> None:
     q, k, v, g, scale, initial_state, _, cu_seqlens, *_ = inputs
     _, _, saved_scores, saved_gc = output
     ctx.mark_non_differentiable(saved_scores, saved_gc)
+    ctx.set_materialize_grads(False)  # else autograd fills zero gradients of their sizes for the backward
     ctx.g_is_cumsum = saved_gc.numel() > 0
     ctx.save_for_backward(q, k, v, saved_gc if ctx.g_is_cumsum else g, initial_state, cu_seqlens, saved_scores)
     ctx.scale = scale

@@ -14,6 +14,7 @@ q, k, v, (beta,) g and initial_state under a random linear loss on the output an
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass, field
 
@@ -271,6 +272,13 @@ def compiled_vs_eager(op: str, device: str, gate: str = "scalar") -> Result:
     first = _grad_retained(value, leaves)
     for name, x, ref in zip(names, _grad(value, leaves), first):
         result.errors[f"second-backward-d{name}"] = rel_rms(x, ref)
+    # the backward gets no zero-filled gradients for the outputs it saved (T; the scores and g's cumsum): counted
+    # among the errors, so it must be 0 (autograd fills them unless the op turns materialize_grads off)
+    value = loss({name: inputs[name].clone().requires_grad_() for name in names})
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        value.backward()
+    fills = [e for e in prof.events() if e.name == "aten::zero_" and e.input_shapes and math.prod(e.input_shapes[0]) > 0]
+    result.errors["zero-filled-gradients"] = float(len(fills))
     return result
 
 
