@@ -188,7 +188,8 @@ def _wy_bwd_kernel(
 ):
     """Gradients through T, W = T Kb and U = T Vb (Kb = K * beta exp(gamma), Vb = V * beta), given
     dU = dU~ and dW = -dU~ h[c]^T: dKb = T^T dW, dVb = T^T dU, dT = dW Kb^T + dU Vb^T,
-    dA = -T^T dT T^T (strictly lower part). dk = dk_acc (the linear recurrence's part) + the rest;
+    dA = -T^T dT T^T (strictly lower part). dk = dk_acc (the linear recurrence's part) + the rest (its part through W,
+    dKb * beta exp(gamma), stored into dk in dk's dtype by the first K loop and completed by the last);
     dg = this chunk's share, reverse-summed over the chunk like the linear recurrence's, plus the
     linear recurrence's NK_LR per-K-tile shares dg_lr [NK_LR, n_rows], written in dg's dtype.
     T and dk_acc are only read (T may be the forward's saved copy); B^T goes through this chunk's slot of
@@ -229,27 +230,27 @@ def _wy_bwd_kernel(
         b_dvb = tl.dot(b_Tt, b_du, input_precision=DOT_PREC)
         b_dbeta += tl.sum(b_dvb * b_v, 1)
         tl.store(dv + base * V + (r[:, None] * V + o_v[None, :]), (b_dvb * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_tv)
-    for i_k in range(0, (K + BK - 1) // BK):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < K
-        b_dw = _wy_dw(du, p_h, base, r, m_t, o_k, m_k, V, BT, BK, BV, DOT_PREC)
-        b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0).to(tl.float32)
-        b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)
-        b_dT += tl.dot(b_dw.to(dt), b_kt, input_precision=DOT_PREC) * k_scale[None, :]
-        b_kdkb = tl.sum(tl.dot(b_Tt, b_dw.to(dt), input_precision=DOT_PREC) * b_k, 1)
-        b_dbeta += b_kdkb * e_g
-        b_dgam += b_kdkb * k_scale
-    # dA = -T^T (dT T^T), then through A = strict_lower(beta_r (k_r . k_j) Gamma_rj)
-    b_dA = tl.dot(b_dT.to(dt), b_Tt, input_precision=DOT_PREC)
-    b_dA = -tl.dot(b_Tt, b_dA.to(dt), input_precision=DOT_PREC)
-    strict = (o_c[:, None] > o_c[None, :]) & m_t[:, None] & m_t[None, :]  # padded rows have gamma 0
     b_kk = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in range(0, (K + BK - 1) // BK):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
+        b_dw = _wy_dw(du, p_h, base, r, m_t, o_k, m_k, V, BT, BK, BV, DOT_PREC)
         b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)
         b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)
         b_kk += tl.dot(b_k, b_kt, input_precision=DOT_PREC)
+        b_dT += tl.dot(b_dw.to(dt), b_kt, input_precision=DOT_PREC) * k_scale[None, :]
+        b_dkb = tl.dot(b_Tt, b_dw.to(dt), input_precision=DOT_PREC)
+        b_kdkb = tl.sum(b_dkb * b_k.to(tl.float32), 1)
+        b_dbeta += b_kdkb * e_g
+        b_dgam += b_kdkb * k_scale
+        # dK's part through W, in dk's dtype, read back by the last loop (by other threads: after the barrier below).
+        # Until session 12 that loop recomputed dW and dKb instead: H100 B8 T4096 H16 D128, this kernel 0.70 -> 0.64 ms
+        # for DeltaNet, 0.77 -> 0.77 gated (it spills 96 bytes per thread now), DeltaNet's dk error 4.7e-3 -> 4.8e-3
+        tl.store(dk + base * K + (r[:, None] * K + o_k[None, :]), (b_dkb * k_scale[:, None]).to(dk.dtype.element_ty), mask=m_t[:, None] & m_k[None, :])
+    # dA = -T^T (dT T^T), then through A = strict_lower(beta_r (k_r . k_j) Gamma_rj)
+    b_dA = tl.dot(b_dT.to(dt), b_Tt, input_precision=DOT_PREC)
+    b_dA = -tl.dot(b_Tt, b_dA.to(dt), input_precision=DOT_PREC)
+    strict = (o_c[:, None] > o_c[None, :]) & m_t[:, None] & m_t[None, :]  # padded rows have gamma 0
     if USE_G:
         b_gam = tl.exp2(tl.where(strict, b_g[:, None] - b_g[None, :], float("-inf")))
     else:
@@ -263,7 +264,7 @@ def _wy_bwd_kernel(
     b_B = b_dA * b_beta[:, None]  # dk = dk + B K + B^T K
     # B^T by a round trip through memory (this chunk's scratch slot), not by transposing in registers
     tl.store(p_S + (o_c[:, None] * BT + o_c[None, :]), b_B)
-    tl.debug_barrier()  # B, written by other threads of this program, is read below
+    tl.debug_barrier()  # B and the dk parts, written by other threads of this program, are read below
     b_Bt = tl.load(p_S + (o_c[None, :] * BT + o_c[:, None])).to(dt)
     b_B = b_B.to(dt)
     for i_k in range(0, (K + BK - 1) // BK):
@@ -272,10 +273,8 @@ def _wy_bwd_kernel(
         m_tk = m_t[:, None] & m_k[None, :]
         b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0)
         b_dk = tl.load(dk_acc + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0).to(tl.float32)
-        # dKb again, from dW recomputed (h and dU~ of this chunk are still in L2): cheaper than a read-modify-write of
-        # a float32 partial dK through memory
-        b_dkb = tl.dot(b_Tt, _wy_dw(du, p_h, base, r, m_t, o_k, m_k, V, BT, BK, BV, DOT_PREC).to(dt), input_precision=DOT_PREC)
-        b_dk += b_dkb * k_scale[:, None] + tl.dot(b_B, b_k, input_precision=DOT_PREC) + tl.dot(b_Bt, b_k, input_precision=DOT_PREC)
+        b_dk += tl.load(dk + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0).to(tl.float32)
+        b_dk += tl.dot(b_B, b_k, input_precision=DOT_PREC) + tl.dot(b_Bt, b_k, input_precision=DOT_PREC)
         tl.store(dk + base * K + (r[:, None] * K + o_k[None, :]), b_dk.to(dk.dtype.element_ty), mask=m_tk)
     tl.store(dbeta + base + r, b_dbeta.to(dbeta.dtype.element_ty), mask=m_t)
     if USE_G:
