@@ -99,7 +99,8 @@ def roofline_model(op: str, shape: Shape, chunk: int = CHUNK, sub_chunk: int = S
             + q + k + v + v  # chunk-local dU~: read q, k, dO; write it
             + q + 2 * k + v + v + h + v  # reverse pass: read q, k, W, dO, local dU~; write dh, dU~
             + q + k + 2 * v + 2 * h + q + k + dg_tiles  # dQ/dK/dg: read q, k, U~, dO, h, dh; write dq, dk's part, dg's parts
-            + 2 * k + v + gb + tm + h + v + k + dg_tiles + 2 * tm + k + v + gb  # WY backward, B^T through a scratch buffer
+            + 2 * k + v + gb + tm + h + v + k + dg_tiles + 2 * tm + 2 * k + k + v + gb  # WY backward: B^T through a
+            # scratch buffer, dK's part through W through dk
         )
         model["fwd_bytes_scheduled"] = fwd_sched
         model["fwdbwd_bytes_scheduled"] = fwd_sched + bwd_sched

@@ -56,8 +56,8 @@ def test_roofline_model_matches_the_kernel_readmes():
     delta = roofline_model("gated_delta", s, sms=132)
     assert round(delta["fwd_flops"] / 1e9) == 94 and round(delta["fwdbwd_flops"] / 1e9) == 331
     assert round(delta["fwd_bytes"] / 1e9, 2) == 0.54 and round(delta["fwdbwd_bytes"] / 1e9, 2) == 1.49
-    # as scheduled since session 10: dU~ and dK's part in bf16, no fp32 dK round trip in the WY backward
-    assert delta["fwd_bytes_scheduled"] == pytest.approx(2.29e9, rel=3e-3) and delta["fwdbwd_bytes_scheduled"] == pytest.approx(8.34e9, rel=3e-3)
+    # as scheduled since session 12: dU~ and dK's part in bf16, dK's part through W stored in dk and read back
+    assert delta["fwd_bytes_scheduled"] == pytest.approx(2.29e9, rel=3e-3) and delta["fwdbwd_bytes_scheduled"] == pytest.approx(8.61e9, rel=3e-3)
     # DeltaNet's output in the state pass (256 programs on 132 multiprocessors) saves h and U~ in the forward, not on a
     # larger GPU where the rule keeps the separate output kernel
     fused, separate = roofline_model("delta", s, sms=132), roofline_model("delta", s, sms=400)
