@@ -230,27 +230,33 @@ def _wy_bwd_kernel(
         b_dvb = tl.dot(b_Tt, b_du, input_precision=DOT_PREC)
         b_dbeta += tl.sum(b_dvb * b_v, 1)
         tl.store(dv + base * V + (r[:, None] * V + o_v[None, :]), (b_dvb * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_tv)
-    b_kk = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in range(0, (K + BK - 1) // BK):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         b_dw = _wy_dw(du, p_h, base, r, m_t, o_k, m_k, V, BT, BK, BV, DOT_PREC)
         b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)
         b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)
-        b_kk += tl.dot(b_k, b_kt, input_precision=DOT_PREC)
         b_dT += tl.dot(b_dw.to(dt), b_kt, input_precision=DOT_PREC) * k_scale[None, :]
         b_dkb = tl.dot(b_Tt, b_dw.to(dt), input_precision=DOT_PREC)
         b_kdkb = tl.sum(b_dkb * b_k.to(tl.float32), 1)
         b_dbeta += b_kdkb * e_g
         b_dgam += b_kdkb * k_scale
         # dK's part through W, in dk's dtype, read back by the last loop (by other threads: after the barrier below).
-        # Until session 12 that loop recomputed dW and dKb instead: H100 B8 T4096 H16 D128, this kernel 0.70 -> 0.64 ms
-        # for DeltaNet, 0.77 -> 0.77 gated (it spills 96 bytes per thread now), DeltaNet's dk error 4.7e-3 -> 4.8e-3
+        # Until session 12 that loop recomputed dW and dKb instead: H100 B8 T4096 H16 D128, this kernel 0.70 -> 0.65 ms
+        # for DeltaNet, 0.77 -> 0.73 ms gated, DeltaNet's dk error 4.7e-3 -> 4.8e-3. (K K^T accumulated in this loop
+        # from the same tiles spilled 96 bytes per thread gated: 0.77 ms.)
         tl.store(dk + base * K + (r[:, None] * K + o_k[None, :]), (b_dkb * k_scale[:, None]).to(dk.dtype.element_ty), mask=m_t[:, None] & m_k[None, :])
     # dA = -T^T (dT T^T), then through A = strict_lower(beta_r (k_r . k_j) Gamma_rj)
     b_dA = tl.dot(b_dT.to(dt), b_Tt, input_precision=DOT_PREC)
     b_dA = -tl.dot(b_Tt, b_dA.to(dt), input_precision=DOT_PREC)
     strict = (o_c[:, None] > o_c[None, :]) & m_t[:, None] & m_t[None, :]  # padded rows have gamma 0
+    b_kk = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(0, (K + BK - 1) // BK):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)
+        b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)
+        b_kk += tl.dot(b_k, b_kt, input_precision=DOT_PREC)
     if USE_G:
         b_gam = tl.exp2(tl.where(strict, b_g[:, None] - b_g[None, :], float("-inf")))
     else:
