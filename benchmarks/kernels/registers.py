@@ -82,16 +82,13 @@ def resources(cubin: bytes) -> dict:
 
 
 def autotune_choices(module, name: str) -> tuple:
-    """(the jit function `name` of `module`, its configs): those of its autotuner, or of all of them where the
-    module autotunes one kernel over several config lists (in order, without repeats); one default config if none."""
+    """(the jit function `name` of `module`, its configs): those of its autotuner, or one default config if none."""
     import triton
 
     kernel = getattr(module, name)
     if isinstance(kernel, triton.runtime.Autotuner):
         return kernel.fn, kernel.configs
-    tuners = [t for t in vars(module).values() if isinstance(t, triton.runtime.Autotuner) and t.fn is kernel]
-    choices = {str(c): c for t in tuners for c in t.configs}
-    return kernel, list(choices.values()) or [triton.Config({})]
+    return kernel, [triton.Config({})]
 
 
 def compile_launch(launch: dict, arch: int) -> list[dict]:

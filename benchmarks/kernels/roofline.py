@@ -26,13 +26,13 @@ def roofline_model(op: str, shape: Shape, chunk: int = CHUNK, sub_chunk: int = S
       of the score matrix: its diagonal S x S blocks (S = 16, fla's sub-chunk; in the sub-chunk dots, or
       elementwise where the gate is steep), 2 FLOPs per (pair, channel), 2CSK per chunk forward and twice
       that backward (dq, dk); exps and the O(CK) gate scalings are not counted.
-    - delta rule, forward: K K^T, W = T Kb, U = T Vb, W h and the state update, Q h, Q K^T, A U~
-      (3 x 2CKV + 3 x 2C^2K + 2 x 2C^2V); backward 2.5 x the forward.
+    - delta rule, forward: K K^T, K h, U~ = T X (X = Diag(beta) (V - e^gamma K h)), the state update, Q h, Q K^T,
+      A U~ (3 x 2CKV + 2 x 2C^2K + 2 x 2C^2V); backward 2.5 x the forward.
     - causal attention: 4 T(T+1)/2 D per (batch, head) forward (Q K^T and P V over the causal half),
       2.5 x that backward (Q K^T recomputed, dV, dP, dQ, dK).
     The gate of lr_scalar and gated_delta adds g [B, T, H] fp32; gla's g is [B, T, H, K] fp32.
     `*_bytes_scheduled` is what our kernels move as scheduled (per-chunk states h, dh, GLA's scores A,
-    T, W, U written and read back, recomputation), from the same READMEs; for the delta rule it depends on the
+    T written and read back, recomputation), from the same READMEs; for the delta rule it depends on the
     kernels' launch choices, and so on `sms`, the GPU's multiprocessor count (None: the current GPU's, or an H100's).
     """
     B, T, H, D = shape.B, shape.T, shape.H, shape.D
@@ -82,22 +82,22 @@ def roofline_model(op: str, shape: Shape, chunk: int = CHUNK, sub_chunk: int = S
         beta = n * e
         fwd_bytes = q + k + v + beta + g + o
         bwd_bytes = q + k + v + o + beta + g + q + k + v + beta + g  # read q, k, v, dO, beta, g; write their gradients
-        fwd_flops = chunks * (3 * ckv + 3 * cck + 2 * ccv)
+        fwd_flops = chunks * (3 * ckv + 2 * cck + 2 * ccv)
         bwd_flops = int(2.5 * fwd_flops)
         h, tm, gb = chunks * K * V * e, chunks * chunk * chunk * e32, beta + g  # states; T (fp32)
         dg_tiles = math.ceil(K / 64) * n * e32 if g else 0  # the dQ/dK/dg kernel's dg share per 64-wide K tile
-        wy = k + v + gb + tm + k + v  # read k, v, beta, g; write T, W, U (the backward reads T instead)
-        state = 2 * k + v + h + v  # read k, W, U; write h, U~
+        inverse = k + gb + tm  # read k, beta, g; write T
+        state_in = k + v + gb + tm  # the state pass reads k, v, beta, g, T
         if sms is None:
             sms = multiprocessors(torch.device("cuda")) if torch.cuda.is_available() else H100_MULTIPROCESSORS
         if output_in_state_pass(op == "gated_delta", K, V, B * H, sms):
-            fwd_sched = wy + 2 * k + v + q + o  # the state pass reads k, W, U, q and writes o
+            fwd_sched = inverse + state_in + q + o  # the state pass also reads q and writes o
         else:
-            fwd_sched = wy + state + q + k + v + h + o  # then the output: read q, k, U~, h; write o
+            fwd_sched = inverse + state_in + h + v + q + k + v + h + o  # writes h, U~; the output reads q, k, U~, h
         bwd_sched = (
-            wy + state  # W, U from the saved T; the state pass again
+            state_in + h + v  # the state pass again, from the saved T
             + q + k + v + v  # chunk-local dU~: read q, k, dO; write it
-            + q + 2 * k + v + v + h + v  # reverse pass: read q, k, W, dO, local dU~; write dh, dU~
+            + q + k + gb + tm + v + v + h + v  # reverse pass: read q, k, beta, g, T, dO, local dU~; write dh, dU~
             + q + k + 2 * v + 2 * h + q + k + dg_tiles  # dQ/dK/dg: read q, k, U~, dO, h, dh; write dq, dk's part, dg's parts
             + 2 * k + v + gb + tm + h + v + k + dg_tiles + 2 * tm + 2 * k + k + v + gb  # WY backward: B^T through a
             # scratch buffer, dK's part through W through dk

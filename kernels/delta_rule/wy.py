@@ -1,8 +1,9 @@
 """The per-chunk WY representation of the delta rule, forward and backward kernels; see README.md.
 
-Per chunk: A = strict_lower(Diag(beta) (K K^T * Gamma)), T = (I + A)^-1 (the four diagonal 16 x 16 blocks by
-doubling, the rest by block substitution), W = T Diag(beta) (K * exp(gamma)), U = T Diag(beta) V;
-`_wy_bwd_kernel` takes the gradients of W and U back to K, V, beta and gamma. Launched from chunk.py.
+Per chunk: A = strict_lower(Diag(beta) (K K^T * Gamma)), T = (I + A)^-1 (`_inverse_kernel`: the four diagonal
+16 x 16 blocks by doubling, the rest by block substitution); the state passes in chunk.py apply T in place of
+W = T Diag(beta) (K * exp(gamma)) and U = T Diag(beta) V. `_wy_bwd_kernel` takes the gradients of W and U back to K, V,
+beta and gamma. Launched from chunk.py.
 """
 
 import triton
@@ -51,7 +52,7 @@ def _mm(a, b, PREC: tl.constexpr):
     """A product of 16 x 16 float32 blocks of T in PREC, the op's DOT_PREC: exact ("ieee") for float32 inputs, tf32
     for 16-bit ones (where "ieee" was used until session 11). tf32 (H100,
     gated B8 T4096 H16 D128, session 12): the inverting kernel 0.60 -> 0.55 ms, T's relative error against float64
-    6.7e-9 -> 3.1e-5, while W and U, rounded to 16 bits, stay at 2e-3."""
+    6.7e-9 -> 3.1e-5."""
     return tl.dot(a, b, input_precision=PREC)
 
 
@@ -93,77 +94,37 @@ def _invert_unit_lower_64(p, BT: tl.constexpr, PREC: tl.constexpr):
     _store16(p, 3, 3, X33, BT)
 
 
-@triton.jit
-def _split16(x, dt: tl.constexpr):
-    """x (float32) as head + tail in dt: head = x rounded to dt, tail = the rest rounded to dt (zero for float32)."""
-    hi = x.to(dt)
-    return hi, (x - hi.to(tl.float32)).to(dt)
-
-
-@triton.jit
-def _dot_split(hi, lo, b, DOT_PREC: tl.constexpr):
-    """(hi + lo) @ b with b in hi's dtype: two 16-bit dots, or one exact one in float32."""
-    if DOT_PREC == "ieee":  # float32 inputs: lo is zero
-        return tl.dot(hi, b, input_precision=DOT_PREC)
-    return tl.dot(hi, b, input_precision=DOT_PREC) + tl.dot(lo, b, input_precision=DOT_PREC)
-
-
-@triton.autotune(configs=configs(WY_CHOICES), key=KEY + ["HAVE_T"])
+@triton.autotune(configs=configs(WY_CHOICES), key=KEY)
 @triton.jit(do_not_specialize=["T"])
-def _wy_fwd_kernel(
-    k, v, beta, gc, Tm, w, u, cu_seqlens, chunk_indices, T,
+def _inverse_kernel(
+    k, beta, gc, Tm, cu_seqlens, chunk_indices, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_G: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, HAVE_T: tl.constexpr,
+    USE_G: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    """T = (I + A)^-1 (float32, stored), W = T (K * beta exp(gamma)), U = T (V * beta).
-    HAVE_T: T is read from Tm (saved by the forward) and only W and U are computed (the backward)."""
+    """T = (I + A)^-1 per chunk (float32, stored at Tm), A = strict_lower(Diag(beta) (K K^T * Gamma)). W and U are
+    never formed: the state passes apply T to their chunk's rows (see chunk.py)."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     bos, T, i_t, i_c = chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
     o_t, m_t, base, r = chunk_rows(bos, i_t, T, i_h, H, BT)
     o_c = tl.arange(0, BT)
     b_beta = tl.load(beta + base + r, mask=m_t, other=0).to(tl.float32)
-    k_scale = b_beta
-    if USE_G:
-        b_g = tl.load(gc + base + r, mask=m_t, other=0)
-        k_scale = b_beta * tl.exp2(b_g)
-    p_T = Tm + (i_c * H + i_h) * BT * BT
-    if not HAVE_T:
-        b_A = tl.zeros([BT, BT], dtype=tl.float32)
-        for i_k in tl.static_range(0, (K + BK - 1) // BK):
-            o_k = i_k * BK + tl.arange(0, BK)
-            m_k = o_k < K
-            b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)  # [BT, BK]
-            b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)  # [BK, BT]
-            b_A += tl.dot(b_k, b_kt, input_precision=DOT_PREC)
-        strict = (o_c[:, None] > o_c[None, :]) & m_t[:, None] & m_t[None, :]  # padded rows have gamma 0
-        if USE_G:
-            b_A *= tl.exp2(tl.where(strict, b_g[:, None] - b_g[None, :], float("-inf")))
-        b_A = tl.where(strict, b_A * b_beta[:, None], 0)
-        tl.store(p_T + (o_c[:, None] * BT + o_c[None, :]), b_A)
-        tl.debug_barrier()  # A goes through memory to be read back as 16 x 16 blocks
-        _invert_unit_lower_64(p_T, BT, DOT_PREC)
-        tl.debug_barrier()
-    # W = (T Diag(beta exp(gamma))) K and U = (T Diag(beta)) V: the scaled T split into a 16-bit head and tail, each
-    # times the 16-bit K or V as loaded. H100, gated B8 T4096 H16 D128 (session 12), against float32 (tf32) operands
-    # T and K * beta exp(gamma): this kernel 0.55 -> 0.46 ms inverting, 0.29 -> 0.27 ms from a saved T, W's error
-    # against float64 2.1e-3 -> 2.0e-3. T rounded to 16 bits in one dot (fla's way) was faster still (0.52 / 0.24 ms
-    # before tf32 in _mm) but failed 7 GPU tests: DeltaNet's output error 0.00503 at T = 4096, dh0's 0.011
-    b_A = tl.load(p_T + (o_c[:, None] * BT + o_c[None, :]))  # T = (I + A)^-1
-    b_hi, b_lo = _split16(b_A * k_scale[None, :], k.dtype.element_ty)
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in tl.static_range(0, (K + BK - 1) // BK):
         o_k = i_k * BK + tl.arange(0, BK)
-        m_tk = m_t[:, None] & (o_k[None, :] < K)
-        b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0)
-        b_w = _dot_split(b_hi, b_lo, b_k, DOT_PREC)
-        tl.store(w + base * K + (r[:, None] * K + o_k[None, :]), b_w.to(w.dtype.element_ty), mask=m_tk)
-    b_hi, b_lo = _split16(b_A * b_beta[None, :], v.dtype.element_ty)
-    for i_v in tl.static_range(0, (V + BV - 1) // BV):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_tv = m_t[:, None] & (o_v[None, :] < V)
-        b_v = tl.load(v + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0)
-        b_u = _dot_split(b_hi, b_lo, b_v, DOT_PREC)
-        tl.store(u + base * V + (r[:, None] * V + o_v[None, :]), b_u.to(u.dtype.element_ty), mask=m_tv)
+        m_k = o_k < K
+        b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)  # [BT, BK]
+        b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)  # [BK, BT]
+        b_A += tl.dot(b_k, b_kt, input_precision=DOT_PREC)
+    strict = (o_c[:, None] > o_c[None, :]) & m_t[:, None] & m_t[None, :]  # padded rows have gamma 0
+    if USE_G:
+        b_g = tl.load(gc + base + r, mask=m_t, other=0)
+        b_A *= tl.exp2(tl.where(strict, b_g[:, None] - b_g[None, :], float("-inf")))
+    b_A = tl.where(strict, b_A * b_beta[:, None], 0)
+    p_T = Tm + (i_c * H + i_h) * BT * BT
+    tl.store(p_T + (o_c[:, None] * BT + o_c[None, :]), b_A)
+    tl.debug_barrier()  # A goes through memory to be read back as 16 x 16 blocks
+    _invert_unit_lower_64(p_T, BT, DOT_PREC)
 
 
 @triton.jit
