@@ -187,7 +187,7 @@ def chosen_configs() -> dict[str, list[dict]]:
                 "default": (chosen.num_warps, chosen.num_stages) == (default.num_warps, default.num_stages)}
 
     chosen: dict[str, list[dict]] = {}
-    for kernel, choices in {**LINEAR, **DELTA}.items():
+    for kernel, choices in {**LINEAR, **DELTA}.items():  # a kernel may have several autotuners (config lists)
         for key, config_chosen in kernel.cache.items():
             chosen.setdefault(kernel.base_fn.__name__, []).append(config(key, config_chosen, choices[0]))
     return chosen

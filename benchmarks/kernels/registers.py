@@ -82,13 +82,17 @@ def resources(cubin: bytes) -> dict:
 
 
 def autotune_choices(module, name: str) -> tuple:
-    """(the jit function `name` of `module`, its configs): those of its autotuner, or one default config if none."""
+    """(the jit function `name` of `module`, its configs): those of its autotuner, or of all of them where the
+    module autotunes one kernel over several config lists (its AUTOTUNED, in order, without repeats); one default
+    config if none."""
     import triton
 
     kernel = getattr(module, name)
     if isinstance(kernel, triton.runtime.Autotuner):
         return kernel.fn, kernel.configs
-    return kernel, [triton.Config({})]
+    tuners = [t for t in getattr(module, "AUTOTUNED", {}) if t.fn is kernel]
+    choices = {str(c): c for t in tuners for c in t.configs}
+    return kernel, list(choices.values()) or [triton.Config({})]
 
 
 def compile_launch(launch: dict, arch: int) -> list[dict]:

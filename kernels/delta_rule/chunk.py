@@ -41,10 +41,13 @@ from kernels.delta_rule.wy import WY_CHOICES, _inverse_kernel, _wy_bwd_kernel
 from kernels.linear_recurrence.chunk import CHUNK_SIZE, DTYPES, MAX_HEAD_DIM, _block, _common, _tile_grid, check_inputs, head_dims_supported
 from kernels.linear_recurrence.passes import DQK_K_TILE, KEY, _bwd_dqk_kernel, _bwd_dv_kernel, _fwd_o_kernel
 
-STATE_CHOICES = all_configs(warps=(4, 2), stages=(2, 3))
-# The reverse pass with one pipeline stage first: two stages take more shared memory than two programs per
-# multiprocessor can share. H100, gated B8 T4096 H16 D128: 0.60 -> 0.49 ms (session 12), 0.73 -> 0.56 ms (session 13).
-DH_CHOICES = all_configs(warps=(4,), stages=(1, 2, 3))
+# Config lists of the state passes, best first on the H100 at H16 D128 (session 13), one per launch kind (narrow: see
+# narrow_tiles). With 64-wide V tiles (B8 T4096, two programs per multiprocessor) the forward pass took 0.34 ms at two
+# stages against 0.47 at three, the reverse one 0.53 ms at one stage against 0.72 at two (two stages take more shared
+# memory than two programs per multiprocessor can share); with 32-wide ones (B2 T16384) the forward pass 0.62 ms at
+# three stages against 0.78 at two, the reverse one 1.04 ms at two against 1.26 at one.
+STATE_CHOICES = {False: all_configs(warps=(4, 2), stages=(2, 3)), True: all_configs(warps=(4, 2), stages=(3, 2))}
+DH_CHOICES = {False: all_configs(warps=(4,), stages=(1, 2, 3)), True: all_configs(warps=(4,), stages=(2, 3, 1))}
 
 
 # --- state passes: one program per (V tile, sequence and head) with the whole K, sequential over chunks ---
@@ -62,7 +65,6 @@ def _dot_t(t, x, dt: tl.constexpr, DOT_PREC: tl.constexpr):
     return tl.dot(hi, x, input_precision=DOT_PREC) + tl.dot((t - hi.to(tl.float32)).to(dt), x, input_precision=DOT_PREC)
 
 
-@triton.autotune(configs=configs(STATE_CHOICES), key=KEY + ["USE_H0", "STORE_HT", "OUTPUT"])
 @triton.jit(do_not_specialize=["T"])
 def _delta_h_kernel(
     q, k, v, beta, gc, Tm, h, v_new, o, h0, ht, cu_seqlens, chunk_offsets, T, scale,
@@ -121,7 +123,6 @@ def _delta_h_kernel(
         tl.store(ht + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
-@triton.autotune(configs=configs(DH_CHOICES), key=["H", "K", "V", "BK", "BV", "IS_VARLEN", "USE_DHT", "STORE_DH0"])
 @triton.jit(do_not_specialize=["T"])
 def _delta_dh_kernel(
     q, k, beta, gc, Tm, do, dv_local, dh, du, dht, dh0, cu_seqlens, chunk_offsets, T, scale,
@@ -134,7 +135,7 @@ def _delta_dh_kernel(
     Always gated: without a gate the launch passes gamma = 0. Compiled without
     the gate's terms (session 13, Triton 3.6, H100) this pass gave wrong gradients and illegal memory accesses with
     32-wide V tiles and one pipeline stage, and two stages exceed the shared memory at K = 256; the gated variant
-    passes every test, and at B8 T4096 H16 D128 it took 0.55 ms for DeltaNet against 0.62 ms (two stages)."""
+    passes every test, and at B8 T4096 H16 D128 it took 0.53 ms for DeltaNet against 0.62 ms (ungated, two stages)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, T, NT, c0 = sequence_coords(i_n, T, cu_seqlens, chunk_offsets, BT, IS_VARLEN)
@@ -173,11 +174,16 @@ def _delta_dh_kernel(
         tl.store(dh0 + i_nh.to(tl.int64) * K * V + o_kv, b_dh, mask=m_kv)
 
 
+# the state passes, each autotuned over one config list per launch kind (narrow_tiles)
+STATE_KEY, DH_KEY = KEY + ["USE_H0", "STORE_HT", "OUTPUT"], ["H", "K", "V", "BK", "BV", "IS_VARLEN", "USE_DHT", "STORE_DH0"]
+_delta_h = {narrow: triton.autotune(configs=configs(c), key=STATE_KEY)(_delta_h_kernel) for narrow, c in STATE_CHOICES.items()}
+_delta_dh = {narrow: triton.autotune(configs=configs(c), key=DH_KEY)(_delta_dh_kernel) for narrow, c in DH_CHOICES.items()}
+
 AUTOTUNED = {  # the kernels of this file with all their config choices (the GPU tests try each one)
     _inverse_kernel: WY_CHOICES,
     _wy_bwd_kernel: WY_CHOICES,
-    _delta_h_kernel: STATE_CHOICES,
-    _delta_dh_kernel: DH_CHOICES,
+    **{_delta_h[narrow]: c for narrow, c in STATE_CHOICES.items()},
+    **{_delta_dh[narrow]: c for narrow, c in DH_CHOICES.items()},
 }
 
 
@@ -196,6 +202,13 @@ def state_block_v(K: int, V: int, sequence_heads: int, multiprocessors: int) -> 
     programs, each half as long), else 64. Measured on the H100 (132 multiprocessors) at B2 T16384 H16 D128
     (64 programs with 64-wide tiles): DeltaNet 5.86 -> 5.12 ms forward + backward, Gated DeltaNet 6.88 -> 5.72 ms."""
     return 32 if K > 128 or sequence_heads * triton.cdiv(V, 64) < multiprocessors else 64
+
+
+def narrow_tiles(K: int, BV: int) -> bool:
+    """Whether the state passes take their config lists for 32-wide V tiles chosen for want of programs (few
+    sequences x heads, K <= 128). Wide keys keep the other lists: at K = 256 two stages of the reverse pass exceed
+    the H100's shared memory."""
+    return BV == 32 and K <= 128
 
 
 def output_in_state_pass(gated: bool, K: int, V: int, sequence_heads: int, multiprocessors: int) -> bool:
@@ -242,7 +255,7 @@ def _state_pass(k, v, beta, gc, Tm, h0, layout, output_final_state, common, q=No
     o = torch.empty_like(v) if output else None
     ht = k.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if output_final_state else None
     BV = state_block_v(K, V, layout.n_seqs * H, multiprocessors(k.device))
-    _delta_h_kernel[(triton.cdiv(V, BV), layout.n_seqs * H)](
+    _delta_h[narrow_tiles(K, BV)][(triton.cdiv(V, BV), layout.n_seqs * H)](
         q, k, v, beta, gc, Tm, h, v_new, o, h0, ht, layout.cu_seqlens, layout.chunk_offsets, T, scale,
         BK=_block(K, MAX_HEAD_DIM), BV=BV, USE_G=gc is not None, USE_H0=h0 is not None, STORE_HT=output_final_state,
         OUTPUT=output, **common,
@@ -290,7 +303,7 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, 
     dh0 = q.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if need_dh0 else None
     BV = state_block_v(K, V, layout.n_seqs * H, multiprocessors(q.device))
     gc_dh = gc if use_g else q.new_zeros(B, T, H, dtype=torch.float32)  # the reverse pass always runs gated
-    _delta_dh_kernel[(triton.cdiv(V, BV), layout.n_seqs * H)](
+    _delta_dh[narrow_tiles(K, BV)][(triton.cdiv(V, BV), layout.n_seqs * H)](
         q, k, beta, gc_dh, Tm, do, dv_local, dh, du, dht, dh0, layout.cu_seqlens, layout.chunk_offsets, T, scale,
         BK=_block(K, MAX_HEAD_DIM), BV=BV, USE_DHT=dht is not None, STORE_DH0=need_dh0, **common,
     )

@@ -17,3 +17,11 @@ def test_every_launched_kernel_compiles_for_sm90_with_its_resources(tmp_path):
     table = (tmp_path / "kernel_registers_sm90.md").read_text()
     assert table.count("| _fwd_o_kernel |") == sum(r["kernel"] == "_fwd_o_kernel" for r in rows)
 
+
+def test_a_kernel_with_two_autotuners_compiles_with_both_config_lists():
+    from kernels.delta_rule import chunk
+
+    jit, choices = registers.autotune_choices(chunk, "_delta_dh_kernel")
+    assert jit is chunk._delta_dh_kernel
+    expected = {str(c) for c in chunk._delta_dh[False].configs + chunk._delta_dh[True].configs}
+    assert {str(c) for c in choices} == expected and len(choices) == len(expected)
