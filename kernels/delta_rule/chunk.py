@@ -238,7 +238,7 @@ def _inverse(k, beta, gc, layout, common):
     Tm = k.new_empty(saved_chunks(B, T, layout.n_seqs, layout.cu_seqlens is not None), H, CHUNK_SIZE, CHUNK_SIZE, dtype=torch.float32)
     _inverse_kernel[_chunk_grid(k, layout)](
         k, beta, gc, Tm, layout.cu_seqlens, layout.chunk_indices, T,
-        BK=_block(K, 64), BV=64, USE_G=gc is not None, **common,
+        BK=_block(K, 64), USE_G=gc is not None, **common,
     )
     return Tm
 

@@ -94,11 +94,11 @@ def _invert_unit_lower_64(p, BT: tl.constexpr, PREC: tl.constexpr):
     _store16(p, 3, 3, X33, BT)
 
 
-@triton.autotune(configs=configs(WY_CHOICES), key=KEY)
+@triton.autotune(configs=configs(WY_CHOICES), key=["H", "K", "BK", "USE_G", "IS_VARLEN"])
 @triton.jit(do_not_specialize=["T"])
 def _inverse_kernel(
     k, beta, gc, Tm, cu_seqlens, chunk_indices, T,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     USE_G: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     """T = (I + A)^-1 per chunk (float32, stored at Tm), A = strict_lower(Diag(beta) (K K^T * Gamma)). W and U are
