@@ -41,11 +41,12 @@ from kernels.delta_rule.wy import WY_CHOICES, _inverse_kernel, _wy_bwd_kernel
 from kernels.linear_recurrence.chunk import CHUNK_SIZE, DTYPES, MAX_HEAD_DIM, _block, _common, _tile_grid, check_inputs, head_dims_supported
 from kernels.linear_recurrence.passes import DQK_K_TILE, KEY, _bwd_dqk_kernel, _bwd_dv_kernel, _fwd_o_kernel
 
-# Config lists of the state passes, best first on the H100 at H16 D128 (session 13), one per launch kind (narrow: see
-# narrow_tiles). With 64-wide V tiles (B8 T4096, two programs per multiprocessor) the forward pass took 0.34 ms at two
-# stages against 0.47 at three, the reverse one 0.53 ms at one stage against 0.72 at two (two stages take more shared
-# memory than two programs per multiprocessor can share); with 32-wide ones (B2 T16384) the forward pass 0.62 ms at
-# three stages against 0.78 at two, the reverse one 1.04 ms at two against 1.26 at one.
+# Config lists of the state passes, best first on the H100 at H16 D128 (session 13), one per launch kind (deeper: see
+# deeper_pipeline). With 64-wide V tiles (B8 T4096, two programs per multiprocessor) the forward pass took 0.34 ms at
+# two stages against 0.47 at three, the reverse one 0.53 ms at one stage against 0.72 at two (two stages take more
+# shared memory than two programs per multiprocessor can share); with 32-wide ones (B2 T16384) the forward pass 0.62 ms
+# at three stages against 0.78 at two, the reverse one 1.04 ms at two against 1.26 at one; DeltaNet's forward pass with
+# the output (B8 T4096) 0.44 ms at three stages against 0.53 at two.
 STATE_CHOICES = {False: all_configs(warps=(4, 2), stages=(2, 3)), True: all_configs(warps=(4, 2), stages=(3, 2))}
 DH_CHOICES = {False: all_configs(warps=(4,), stages=(1, 2, 3)), True: all_configs(warps=(4,), stages=(2, 3, 1))}
 
@@ -174,7 +175,7 @@ def _delta_dh_kernel(
         tl.store(dh0 + i_nh.to(tl.int64) * K * V + o_kv, b_dh, mask=m_kv)
 
 
-# the state passes, each autotuned over one config list per launch kind (narrow_tiles)
+# the state passes, each autotuned over one config list per launch kind (deeper_pipeline)
 STATE_KEY, DH_KEY = KEY + ["USE_H0", "STORE_HT", "OUTPUT"], ["H", "K", "V", "BK", "BV", "IS_VARLEN", "USE_DHT", "STORE_DH0"]
 _delta_h = {narrow: triton.autotune(configs=configs(c), key=STATE_KEY)(_delta_h_kernel) for narrow, c in STATE_CHOICES.items()}
 _delta_dh = {narrow: triton.autotune(configs=configs(c), key=DH_KEY)(_delta_dh_kernel) for narrow, c in DH_CHOICES.items()}
@@ -204,11 +205,11 @@ def state_block_v(K: int, V: int, sequence_heads: int, multiprocessors: int) -> 
     return 32 if K > 128 or sequence_heads * triton.cdiv(V, 64) < multiprocessors else 64
 
 
-def narrow_tiles(K: int, BV: int) -> bool:
-    """Whether the state passes take their config lists for 32-wide V tiles chosen for want of programs (few
-    sequences x heads, K <= 128). Wide keys keep the other lists: at K = 256 two stages of the reverse pass exceed
-    the H100's shared memory."""
-    return BV == 32 and K <= 128
+def deeper_pipeline(K: int, BV: int, output: bool = False) -> bool:
+    """Whether a state pass takes its config list with one pipeline stage more first (STATE_CHOICES, DH_CHOICES): with
+    32-wide V tiles chosen for want of programs (few sequences x heads, K <= 128) and for the forward pass with the
+    output. Wide keys keep the other lists: at K = 256 two stages of the reverse pass exceed the H100's shared memory."""
+    return (BV == 32 and K <= 128) or output
 
 
 def output_in_state_pass(gated: bool, K: int, V: int, sequence_heads: int, multiprocessors: int) -> bool:
@@ -255,7 +256,7 @@ def _state_pass(k, v, beta, gc, Tm, h0, layout, output_final_state, common, q=No
     o = torch.empty_like(v) if output else None
     ht = k.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if output_final_state else None
     BV = state_block_v(K, V, layout.n_seqs * H, multiprocessors(k.device))
-    _delta_h[narrow_tiles(K, BV)][(triton.cdiv(V, BV), layout.n_seqs * H)](
+    _delta_h[deeper_pipeline(K, BV, output)][(triton.cdiv(V, BV), layout.n_seqs * H)](
         q, k, v, beta, gc, Tm, h, v_new, o, h0, ht, layout.cu_seqlens, layout.chunk_offsets, T, scale,
         BK=_block(K, MAX_HEAD_DIM), BV=BV, USE_G=gc is not None, USE_H0=h0 is not None, STORE_HT=output_final_state,
         OUTPUT=output, **common,
@@ -303,7 +304,7 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, 
     dh0 = q.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if need_dh0 else None
     BV = state_block_v(K, V, layout.n_seqs * H, multiprocessors(q.device))
     gc_dh = gc if use_g else q.new_zeros(B, T, H, dtype=torch.float32)  # the reverse pass always runs gated
-    _delta_dh[narrow_tiles(K, BV)][(triton.cdiv(V, BV), layout.n_seqs * H)](
+    _delta_dh[deeper_pipeline(K, BV)][(triton.cdiv(V, BV), layout.n_seqs * H)](
         q, k, beta, gc_dh, Tm, do, dv_local, dh, du, dht, dh0, layout.cu_seqlens, layout.chunk_offsets, T, scale,
         BK=_block(K, MAX_HEAD_DIM), BV=BV, USE_DHT=dht is not None, STORE_DH0=need_dh0, **common,
     )

@@ -226,12 +226,12 @@ def test_run_on_cpu_with_faked_cuda(monkeypatch, tmp_path):
 def test_chosen_configs_name_the_autotuners_choice_and_whether_it_is_the_default(monkeypatch):
     from kernels.delta_rule.chunk import AUTOTUNED, _delta_dh
 
-    choices, narrow = AUTOTUNED[_delta_dh[False]], AUTOTUNED[_delta_dh[True]]
+    choices, deeper = AUTOTUNED[_delta_dh[False]], AUTOTUNED[_delta_dh[True]]
     monkeypatch.setattr(_delta_dh[False], "cache", {(128, 64, torch.bfloat16): choices[-1], (64, 64, torch.float32): choices[0]})
-    monkeypatch.setattr(_delta_dh[True], "cache", {(32, 32, torch.bfloat16): narrow[0]})
+    monkeypatch.setattr(_delta_dh[True], "cache", {(32, 32, torch.bfloat16): deeper[0]})
     last, first = choices[-1], choices[0]
     assert measuring.chosen_configs()["_delta_dh_kernel"] == [  # one kernel, two autotuners: both listed
         {"key": ["128", "64", "torch.bfloat16"], "num_warps": last.num_warps, "num_stages": last.num_stages, "default": False},
         {"key": ["64", "64", "torch.float32"], "num_warps": first.num_warps, "num_stages": first.num_stages, "default": True},
-        {"key": ["32", "32", "torch.bfloat16"], "num_warps": narrow[0].num_warps, "num_stages": narrow[0].num_stages, "default": True},
+        {"key": ["32", "32", "torch.bfloat16"], "num_warps": deeper[0].num_warps, "num_stages": deeper[0].num_stages, "default": True},
     ]

@@ -125,11 +125,12 @@ def test_gpu_step_replays_in_a_cuda_graph(op: str) -> None:
 
 
 def test_state_pass_tiles_and_output_follow_the_measured_rules() -> None:
-    from kernels.delta_rule.chunk import narrow_tiles, output_in_state_pass, state_block_v
+    from kernels.delta_rule.chunk import deeper_pipeline, output_in_state_pass, state_block_v
 
     # sequence x heads (B x H), 132 multiprocessors (H100)
     assert state_block_v(128, 128, 8 * 16, 132) == 64 and output_in_state_pass(False, 128, 128, 8 * 16, 132)  # B8 T4096
     assert state_block_v(128, 128, 2 * 16, 132) == 32 and not output_in_state_pass(False, 128, 128, 2 * 16, 132)  # B2 T16384
     assert state_block_v(256, 256, 8 * 16, 132) == 32 and not output_in_state_pass(False, 256, 256, 8 * 16, 132)  # wide keys
     assert not output_in_state_pass(True, 128, 128, 8 * 16, 132)  # gated
-    assert narrow_tiles(128, 32) and not narrow_tiles(128, 64) and not narrow_tiles(256, 32)  # the config lists
+    assert deeper_pipeline(128, 32) and not deeper_pipeline(128, 64) and not deeper_pipeline(256, 32)  # the config lists
+    assert deeper_pipeline(128, 64, output=True)
