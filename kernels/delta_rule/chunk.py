@@ -177,14 +177,14 @@ def _delta_dh_kernel(
 
 # the state passes, each autotuned over one config list per launch kind (deeper_pipeline)
 STATE_KEY, DH_KEY = KEY + ["USE_H0", "STORE_HT", "OUTPUT"], ["H", "K", "V", "BK", "BV", "IS_VARLEN", "USE_DHT", "STORE_DH0"]
-_delta_h = {narrow: triton.autotune(configs=configs(c), key=STATE_KEY)(_delta_h_kernel) for narrow, c in STATE_CHOICES.items()}
-_delta_dh = {narrow: triton.autotune(configs=configs(c), key=DH_KEY)(_delta_dh_kernel) for narrow, c in DH_CHOICES.items()}
+_delta_h = {deeper: triton.autotune(configs=configs(c), key=STATE_KEY)(_delta_h_kernel) for deeper, c in STATE_CHOICES.items()}
+_delta_dh = {deeper: triton.autotune(configs=configs(c), key=DH_KEY)(_delta_dh_kernel) for deeper, c in DH_CHOICES.items()}
 
 AUTOTUNED = {  # the kernels of this file with all their config choices (the GPU tests try each one)
     _inverse_kernel: WY_CHOICES,
     _wy_bwd_kernel: WY_CHOICES,
-    **{_delta_h[narrow]: c for narrow, c in STATE_CHOICES.items()},
-    **{_delta_dh[narrow]: c for narrow, c in DH_CHOICES.items()},
+    **{_delta_h[deeper]: c for deeper, c in STATE_CHOICES.items()},
+    **{_delta_dh[deeper]: c for deeper, c in DH_CHOICES.items()},
 }
 
 
