@@ -23,25 +23,30 @@ from apps.speech.tts import ENGINES, synthetic_speakers
 
 DEFAULT_CACHE = Path.home() / ".cache" / "seqmix" / "speech"
 SPEECH = ("espeak", "folder", *LAYOUTS)
+PAUSE_SECONDS = (0.1, 0.5)  # between the sentences of a passage (data.passages)
 
 Speakers = Sequence[Sequence[Tensor]]
 
 
 class DynamicMixtures(Dataset):
     """`length` new random mixtures per pass (see `mixing.draw_mixture`), each `segment` samples long; a fraction
-    `same_speaker_fraction` of them mixes different utterances of one speaker."""
+    `same_speaker_fraction` of them mixes different utterances of one speaker. With `pause` (samples, min and max)
+    every source is a passage of its speaker's utterances with pauses of that length between them."""
 
     def __init__(
-        self, speakers: Speakers, num_speakers: int, segment: int, gain_db: float, length: int, same_speaker_fraction: float = 0.0
-    ) -> None:
+        self, speakers: Speakers, num_speakers: int, segment: int, gain_db: float, length: int, same_speaker_fraction: float = 0.0,
+        pause: tuple[int, int] | None = None,
+    ) -> None:  # fmt: skip
         self.speakers, self.num_speakers, self.segment, self.gain_db, self.length = speakers, num_speakers, segment, gain_db, length
-        self.same_speaker_fraction = same_speaker_fraction
+        self.same_speaker_fraction, self.pause = same_speaker_fraction, pause
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, str]:
-        mixture = draw_mixture(self.speakers, self.num_speakers, self.segment, self.gain_db, fresh(), self.same_speaker_fraction)
+        mixture = draw_mixture(
+            self.speakers, self.num_speakers, self.segment, self.gain_db, fresh(), self.same_speaker_fraction, self.pause
+        )
         return *mixture, f"dynamic{index}"
 
 
@@ -92,6 +97,9 @@ class SeparationDataModule(L.LightningDataModule):
         utterances_per_voice: sentences each synthetic voice reads (at most 50).
         same_speaker_fraction: fraction of the training mixtures (dynamic mixing: espeak or folder) made of
             different utterances of one speaker; validation and test mixtures are unchanged.
+        passages: every source of a training mixture (dynamic mixing) is a passage: its speaker's utterances in a
+            random order with pauses of PAUSE_SECONDS between them, enough to fill the segment (else one utterance,
+            cropped or placed in silence), so that both speakers talk throughout, as in whole-utterance test mixtures.
         train_mixtures: dynamic mixtures per epoch; val_mixtures, test_mixtures: size of the fixed sets.
         mode: "min" or "max", the LibriMix / wsj0-mix variant.
         cache_dir: where synthesised speech is kept (default ~/.cache/seqmix/speech).
@@ -114,6 +122,7 @@ class SeparationDataModule(L.LightningDataModule):
         engines: Sequence[str] = ("espeak",),
         utterances_per_voice: int = 20,
         same_speaker_fraction: float = 0.0,
+        passages: bool = False,
         train_mixtures: int = 400,
         val_mixtures: int = 32,
         test_mixtures: int = 32,
@@ -140,12 +149,15 @@ class SeparationDataModule(L.LightningDataModule):
                 f"data.same_speaker_fraction={same_speaker_fraction} must be in [0, 1] and needs dynamic mixing "
                 f"(data.train=espeak or folder, not {train})"
             )
+        if passages and train in LAYOUTS:
+            raise ValueError(f"data.passages needs dynamic mixing (data.train=espeak or folder, not {train})")
         self.name, self.num_speakers, self.sample_rate = name, num_speakers, sample_rate
         self.train, self.train_path, self.test, self.test_path = train, train_path, test, test_path
         self.segment = round(segment_seconds * sample_rate)
         self.gain_db, self.mode = gain_db, mode
         self.voices = {"train": train_voices, "val": val_voices, "test": test_voices}
         self.engines, self.utterances_per_voice, self.same_speaker_fraction = tuple(engines), utterances_per_voice, same_speaker_fraction
+        self.pause = tuple(round(seconds * sample_rate) for seconds in PAUSE_SECONDS) if passages else None
         self.sizes = {"train": train_mixtures, "val": val_mixtures, "test": test_mixtures}
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE
@@ -182,7 +194,7 @@ class SeparationDataModule(L.LightningDataModule):
                 f"{min(len(s) for s in train)}; raise data.utterances_per_voice or give more files per speaker"
             )
         self.datasets["train"] = DynamicMixtures(
-            train, self.num_speakers, self.segment, self.gain_db, self.sizes["train"], self.same_speaker_fraction
+            train, self.num_speakers, self.segment, self.gain_db, self.sizes["train"], self.same_speaker_fraction, self.pause
         )
         self.datasets["val"] = FixedMixtures(val, self.num_speakers, self.segment, self.gain_db, self.sizes["val"], self.seed)
 

@@ -52,22 +52,39 @@ def mix(utterances: Sequence[Tensor], length: int | None, gain_db: float, rng: n
 
 def pick_utterances(
     speakers: Sequence[Sequence[Tensor]], num_speakers: int, rng: np.random.Generator, same_speaker_fraction: float = 0.0
-) -> list[tuple[int, int]]:
-    """(speaker, utterance) indices of one mixture's sources: `num_speakers` different speakers with a random
-    utterance each, or, with probability `same_speaker_fraction`, different utterances of one random speaker."""
+) -> list[tuple[int, list[int]]]:
+    """Each source's speaker and its utterance indices in a random reading order: `num_speakers` different speakers,
+    or, with probability `same_speaker_fraction`, one random speaker whose utterances are dealt out among the
+    sources (no utterance twice in a mixture)."""
     if same_speaker_fraction and rng.random() < same_speaker_fraction:
         speaker = int(rng.integers(len(speakers)))
-        return [(speaker, int(u)) for u in rng.choice(len(speakers[speaker]), size=num_speakers, replace=False)]
-    return [(s, int(rng.integers(len(speakers[s])))) for s in pick_speakers(len(speakers), num_speakers, rng)]
+        order = rng.permutation(len(speakers[speaker]))
+        return [(speaker, order[k::num_speakers].tolist()) for k in range(num_speakers)]
+    return [(s, rng.permutation(len(speakers[s])).tolist()) for s in pick_speakers(len(speakers), num_speakers, rng)]
+
+
+def read_on(utterances: Sequence[Tensor], length: int, pause: tuple[int, int], rng: np.random.Generator) -> Tensor:
+    """A passage: the utterances one after another with a random pause of [pause[0], pause[1]) samples between
+    two, as many as it takes to reach `length` samples (all of them if they are shorter together)."""
+    parts, filled = [utterances[0]], len(utterances[0])
+    for utterance in utterances[1:]:
+        if filled >= length:
+            break
+        gap = int(rng.integers(*pause))
+        parts += [utterance.new_zeros(gap), utterance]
+        filled += gap + len(utterance)
+    return torch.cat(parts)
 
 
 def draw_mixture(
     speakers: Sequence[Sequence[Tensor]], num_speakers: int, length: int | None, gain_db: float, rng: np.random.Generator,
-    same_speaker_fraction: float = 0.0,
+    same_speaker_fraction: float = 0.0, pause: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """One random mixture of the utterances `pick_utterances` draws (see `mix`)."""
-    chosen = pick_utterances(speakers, num_speakers, rng, same_speaker_fraction)
-    return mix([speakers[s][u] for s, u in chosen], length, gain_db, rng)
+    """One random mixture (see `mix`) of the speakers `pick_utterances` draws: each source one utterance, or, with
+    `pause` (samples, min and max), a passage of its speaker's utterances (`read_on`) that fills `length`."""
+    chosen = [[speakers[s][u] for u in order] for s, order in pick_utterances(speakers, num_speakers, rng, same_speaker_fraction)]
+    utterances = [order[0] for order in chosen] if pause is None else [read_on(order, length, pause, rng) for order in chosen]
+    return mix(utterances, length, gain_db, rng)
 
 
 def seeded(seed: int, index: int) -> np.random.Generator:

@@ -11,7 +11,7 @@ import torch
 
 from apps.speech.data import DynamicMixtures, FixedMixtures, SeparationDataModule
 from apps.speech.espeak import Voice, synthesize
-from apps.speech.mixing import mix, pick_utterances, place
+from apps.speech.mixing import mix, pick_utterances, place, read_on
 from apps.speech.sources import PreparedMixtures, folder_speakers
 from apps.speech.tts import ACCENTS, VARIANTS, cache_file, espeak_voice, synthetic_speakers
 
@@ -94,7 +94,8 @@ def test_same_speaker_fraction_of_training_draws():
         draws = [pick_utterances(speakers, 2, rng, fraction) for _ in range(2000)]
         same = np.mean([a[0] == b[0] for a, b in draws])
         assert abs(same - fraction) < 0.04  # binomial standard deviation 0.01 at 0.3
-        assert all(a != b for a, b in draws)  # never one utterance twice
+        assert all(sorted(a[1]) == list(range(5)) and sorted(b[1]) == list(range(5)) for a, b in draws if a[0] != b[0])
+        assert all(sorted(a[1] + b[1]) == list(range(5)) for a, b in draws if a[0] == b[0])  # dealt out: none twice
 
 
 def test_dynamic_same_speaker_mixtures_hold_one_speaker():
@@ -104,6 +105,21 @@ def test_dynamic_same_speaker_mixtures_hold_one_speaker():
     for _, sources, _ in (dynamic[i] for i in range(len(dynamic))):
         lengths = (sources != 0).sum(dim=1) - 100
         assert lengths[0] // 10 == lengths[1] // 10 and lengths[0] != lengths[1]
+
+
+def test_passages_read_on_with_pauses_until_the_segment_is_full():
+    rng = np.random.default_rng(2)
+    utterances = [torch.full((100,), float(k + 1)) for k in range(5)]
+    passage = read_on(utterances, 250, (10, 20), rng)
+    values = passage.unique_consecutive().tolist()
+    assert values == [1.0, 0.0, 2.0, 0.0, 3.0]  # three utterances reach 250 samples, in order, pauses between
+    assert 320 <= len(passage) < 340 and (passage != 0).sum() == 300
+    assert torch.equal(read_on(utterances[:1], 250, (10, 20), rng), utterances[0])  # too few: all there is
+    # utterance u of speaker s: ones of length 100 + 10 s + u; every source is speech from its first to last sample
+    speakers = [[torch.ones(100 + 10 * s + u) for u in range(6)] for s in range(4)]
+    dynamic = DynamicMixtures(speakers, 2, 300, 2.5, length=50, same_speaker_fraction=0.5, pause=(5, 10))
+    for _, sources, _ in (dynamic[i] for i in range(len(dynamic))):
+        assert ((sources != 0).sum(dim=1) > 300 - 2 * 10).all()  # at most two pauses in a 300-sample window
 
 
 def write_tone(path: Path, seconds: float, rate: int, frequency: float) -> None:
@@ -166,6 +182,9 @@ def test_datamodule_rejects_bad_settings(tmp_path):
         SeparationDataModule(engines=["espeak", "espeak"])
     with pytest.raises(ValueError, match="needs dynamic mixing"):
         SeparationDataModule(train="librimix", train_path="x", same_speaker_fraction=0.5)
+    with pytest.raises(ValueError, match="data.passages needs dynamic mixing"):
+        SeparationDataModule(train="wsj0_mix", train_path="x", passages=True)
+    assert SeparationDataModule(passages=True, sample_rate=16000).pause == (1600, 8000)
     data = SeparationDataModule(train_voices=2, val_voices=2, utterances_per_voice=1, same_speaker_fraction=0.5, cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="raise data.utterances_per_voice"):
         data.setup("fit")
