@@ -8,8 +8,9 @@ Every model trains on the same two-speaker dynamic mixtures of espeak-ng voices 
 (`experiment=separation`: --steps of 8 two-second mixtures, 2,000 by default, each run capped at --minutes) and is tested on the
 20 mixtures of the five LibriVox recordings in ../shared/data/speech/librivox (all read by one person: same-speaker
 mixtures), then its best checkpoint is tested again (`eval`) on 64 mixtures of 8 espeak-ng voices that neither
-training nor validation used (ESPEAK_TEST; different speakers; espeak-ng voices also when the training voices
-interleave flite's, `-- data.engines=[espeak,flite]`). The synthetic speech is
+training nor validation used (ESPEAK_TEST; espeak-ng voices also when the training voices interleave flite's,
+`-- data.engines=[espeak,flite]`): mixtures of different speakers, and of two sentences of one speaker (HELD_OUT).
+The second tells a model that cannot separate one speaker from one that cannot separate real speech. The synthetic speech is
 synthesised once into a shared cache before the models start (one synthesiser per CPU core); the models
 then train in parallel processes (on one GPU: trainer=gpu is added when CUDA is available). Prints the table
 and writes benchmarks/results/<out>.{json,md} with device, versions and date.
@@ -48,9 +49,13 @@ MODELS = {  # similar sizes: about 1.5 M parameters each (the table lists them)
     "convtasnet": ["model=convtasnet_base"],
 }
 METRICS = {"test/si_snri": "SI-SNRi (dB)", "test/sdri": "SDRi (dB)", "test/si_snr": "SI-SNR (dB)"}
-# a second test set: mixtures of espeak-ng voices heard neither in training nor in validation (different speakers,
-# unlike the LibriVox recordings, which are all read by one person)
+# two more test sets, of espeak-ng voices heard neither in training nor in validation: mixtures of different speakers
+# (unlike the LibriVox recordings, which are all read by one person), and of two sentences of one voice (as LibriVox's)
 ESPEAK_TEST = ["data.test=espeak", "data.test_voices=8", "data.test_mixtures=64"]
+HELD_OUT = {  # run-name suffix: (extra overrides, column heading)
+    "espeak": ([], "held-out espeak-ng SI-SNRi (dB)"),
+    "espeak_same": (["data.test_same_speaker=true"], "held-out espeak-ng same-speaker SI-SNRi (dB)"),
+}
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -61,9 +66,9 @@ def compose_config(overrides: list[str]):
         return compose("config", overrides=["experiment=separation", *overrides])
 
 
-def espeak_test(overrides: list[str]) -> list[str]:
-    """The overrides of the held-out test: ESPEAK_TEST, those given, and espeak-ng voices whatever the training engines."""
-    return [*ESPEAK_TEST, *overrides, "data.engines=[espeak]"]
+def espeak_test(overrides: list[str], test: str = "espeak") -> list[str]:
+    """The overrides of a held-out test (HELD_OUT): ESPEAK_TEST, those given, and espeak-ng voices whatever the training engines."""
+    return [*ESPEAK_TEST, *overrides, *HELD_OUT[test][0], "data.engines=[espeak]"]
 
 
 def presynthesize(overrides: list[str], workers: int) -> None:
@@ -78,7 +83,8 @@ def presynthesize(overrides: list[str], workers: int) -> None:
 def training_data(data: DictConfig) -> str:
     """What the models train on, in words: the engines of the voices and the share of same-speaker mixtures."""
     same = f", {data.same_speaker_fraction:.0%} of them same-speaker" if data.same_speaker_fraction else ""
-    return f"{' + '.join(data.engines)} dynamic mixtures{same}"
+    passages = ", sources read on sentence after sentence" if data.get("passages") else ""
+    return f"{' + '.join(data.engines)} dynamic mixtures of {data.segment_seconds:g} s{same}{passages}"
 
 
 def command(model: str, runs_dir: Path, overrides: list[str]) -> list[str]:
@@ -86,12 +92,12 @@ def command(model: str, runs_dir: Path, overrides: list[str]) -> list[str]:
             f"paths.runs={runs_dir}", *MODELS[model], *QUIET, *overrides]  # fmt: skip
 
 
-def espeak_test_command(model: str, runs_dir: Path, overrides: list[str]) -> list[str]:
-    """Test the trained model again (its best checkpoint, or the last where no validation ran) on the held-out espeak-ng voices."""
+def espeak_test_command(model: str, runs_dir: Path, overrides: list[str], test: str) -> list[str]:
+    """Test the trained model again (its best checkpoint, or the last where no validation ran) on a held-out test of HELD_OUT."""
     checkpoints = Path(record_of(model, runs_dir)["run_dir"]) / "checkpoints"
     checkpoint = next(path for path in (checkpoints / "best.ckpt", checkpoints / "last.ckpt") if path.exists())
     return [sys.executable, "-m", "apps.speech", "eval", f"ckpt_path={checkpoint}",
-            f"name=separation_{model}_espeak", f"paths.runs={runs_dir}", *QUIET, *espeak_test(overrides)]  # fmt: skip
+            f"name=separation_{model}_{test}", f"paths.runs={runs_dir}", *QUIET, *espeak_test(overrides, test)]  # fmt: skip
 
 
 def record_of(run_name: str, runs_dir: Path) -> dict:
@@ -101,24 +107,25 @@ def record_of(run_name: str, runs_dir: Path) -> dict:
 
 
 def row(model: str, runs_dir: Path, overrides: list[str]) -> dict:
-    record, espeak = record_of(model, runs_dir), record_of(f"{model}_espeak", runs_dir)
+    record = record_of(model, runs_dir)
+    held_out = {f"{test}/si_snri": record_of(f"{model}_{test}", runs_dir)["metrics"].get("test/si_snri", float("nan")) for test in HELD_OUT}
     parameters = count_parameters(build_model(compose_config([*MODELS[model], *overrides])))
     return {"model": model, "parameters": parameters, "steps": record["steps"], "run_seconds": record["seconds"],
-            **{key: record["metrics"][key] for key in METRICS}, "espeak/si_snri": espeak["metrics"].get("test/si_snri", float("nan")),
-            "run_dir": record["run_dir"]}  # fmt: skip
+            **{key: record["metrics"][key] for key in METRICS}, **held_out, "run_dir": record["run_dir"]}  # fmt: skip
 
 
 def markdown(rows: list[dict]) -> str:
-    heads = [f"LibriVox {name}" for name in METRICS.values()] + ["held-out espeak-ng SI-SNRi (dB)"]
+    heads = [f"LibriVox {name}" for name in METRICS.values()] + [head for _, head in HELD_OUT.values()]
+    held_out = [f"{test}/si_snri" for test in HELD_OUT]
     lines = ["| model | parameters | steps | " + " | ".join(heads) + " | run seconds |", "|" + "---|" * (len(heads) + 4)]
     for r in rows:
-        scores = " | ".join(f"{r[key]:.2f}" for key in [*METRICS, "espeak/si_snri"])
+        scores = " | ".join(f"{r[key]:.2f}" for key in [*METRICS, *held_out])
         lines.append(f"| {r['model']} | {r['parameters'] / 1e6:.2f} M | {r['steps']} | {scores} | {r['run_seconds']:.0f} |")
     baseline = next((r for r in rows if r["model"] == "convtasnet"), None)
     mixers = [r for r in rows if r["model"] != "convtasnet"]
     if baseline and mixers:
         lines.append("")
-        for key, test in (("test/si_snri", "LibriVox"), ("espeak/si_snri", "held-out espeak-ng")):
+        for key, test in (("test/si_snri", "LibriVox"), *((f"{t}/si_snri", head.removesuffix(" SI-SNRi (dB)")) for t, (_, head) in HELD_OUT.items())):
             best = max(mixers, key=lambda r: r[key])
             lines.append(f"{test}: best mixer ({best['model']}) minus Conv-TasNet: {best[key] - baseline[key]:+.2f} dB SI-SNRi (target: +2 dB).")
     return "\n".join(lines)
@@ -152,8 +159,8 @@ def main() -> None:
     jobs = {model: command(model, args.runs_dir, overrides) for model in args.models}
     failed = run_parallel(jobs, args.runs_dir, args.parallel, threads=threads, keep_going=True)  # one failure loses no other model
     trained = [model for model in args.models if model not in failed]
-    failed += run_parallel({f"{model}_espeak": espeak_test_command(model, args.runs_dir, overrides) for model in trained},
-                           args.runs_dir, args.parallel, threads=threads, keep_going=True)
+    tests = {f"{model}_{test}": espeak_test_command(model, args.runs_dir, overrides, test) for model in trained for test in HELD_OUT}
+    failed += run_parallel(tests, args.runs_dir, args.parallel, threads=threads, keep_going=True)
     rows = [row(model, args.runs_dir, overrides) for model in trained]
     text = markdown(rows)
     print(text)
@@ -161,7 +168,7 @@ def main() -> None:
     info = {
         "benchmark": f"2-speaker separation: trained on {training_data(data)} ({data.sample_rate // 1000} kHz, {args.steps} steps at most for every model), "
         f"tested on {data.test_mixtures} mixtures of the {recordings} recordings in {data.test_path} (LibriVox by default: one reader) "
-        f"and on {held_out.test_mixtures} mixtures of {held_out.test_voices} held-out espeak-ng voices",
+        f"and on {held_out.test_mixtures} mixtures of {held_out.test_voices} held-out espeak-ng voices (different speakers, then one speaker)",
         "device": device, "cpu_cores": cores, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
         "torchaudio": torchaudio.__version__, "lightning": lightning.__version__, "overrides": overrides,
         "synthesis_seconds": round(synthesis_seconds), "wall_seconds": round(time.perf_counter() - started), "rows": rows, "failed": failed,

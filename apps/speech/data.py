@@ -52,18 +52,30 @@ class DynamicMixtures(Dataset):
 
 class FixedMixtures(Dataset):
     """`length` mixtures, the same every time: item i mixes the i-th speaker combination (in a seeded order,
-    cycled) with a random utterance of each, gains and offsets from seed (seed, i). segment None: "min" mode."""
+    cycled) with a random utterance of each, gains and offsets from seed (seed, i). segment None: "min" mode.
+    `same_speaker`: item i mixes different utterances of the i-th speaker (in a seeded order, cycled) instead."""
 
-    def __init__(self, speakers: Speakers, num_speakers: int, segment: int | None, gain_db: float, length: int, seed: int) -> None:
-        if len(speakers) < num_speakers:
+    def __init__(
+        self, speakers: Speakers, num_speakers: int, segment: int | None, gain_db: float, length: int, seed: int, same_speaker: bool = False
+    ) -> None:  # fmt: skip
+        if len(speakers) < (1 if same_speaker else num_speakers):
             raise ValueError(
                 f"{num_speakers}-speaker mixtures need {num_speakers} speakers, got {len(speakers)}; "
                 "raise data.val_voices / data.test_voices or give a folder with more speakers"
             )
+        if same_speaker and min(map(len, speakers)) < num_speakers:
+            raise ValueError(
+                f"same-speaker mixtures need {num_speakers} utterances of every speaker, some have {min(map(len, speakers))}; "
+                "raise data.utterances_per_voice or give a folder with more recordings per speaker"
+            )
         self.speakers, self.num_speakers, self.segment, self.gain_db, self.length, self.seed = (
             speakers, num_speakers, segment, gain_db, length, seed
         )  # fmt: skip
-        combinations = list(itertools.combinations(range(len(speakers)), num_speakers))
+        self.same_speaker = same_speaker
+        if same_speaker:
+            combinations = [(s,) * num_speakers for s in range(len(speakers))]
+        else:
+            combinations = list(itertools.combinations(range(len(speakers)), num_speakers))
         order = np.random.default_rng(seed).permutation(len(combinations))
         self.combinations = [combinations[i] for i in order]
 
@@ -74,7 +86,11 @@ class FixedMixtures(Dataset):
         """(mixture (T,), sources (N, T), name "<index>_<speaker>-<speaker>")."""
         rng = seeded(self.seed, index)
         chosen = self.combinations[index % len(self.combinations)]
-        utterances = [self.speakers[s][int(rng.integers(len(self.speakers[s])))] for s in chosen]
+        if self.same_speaker:
+            picks = rng.choice(len(self.speakers[chosen[0]]), size=self.num_speakers, replace=False).tolist()
+        else:
+            picks = [int(rng.integers(len(self.speakers[s]))) for s in chosen]
+        utterances = [self.speakers[s][u] for s, u in zip(chosen, picks)]
         return *mix(utterances, self.segment, self.gain_db, rng), f"{index:04d}_" + "-".join(map(str, chosen))
 
 
@@ -100,6 +116,7 @@ class SeparationDataModule(L.LightningDataModule):
         passages: every source of a training mixture (dynamic mixing) is a passage: its speaker's utterances in a
             random order with pauses of PAUSE_SECONDS between them, enough to fill the segment (else one utterance,
             cropped or placed in silence), so that both speakers talk throughout, as in whole-utterance test mixtures.
+        test_same_speaker: every test mixture (espeak or folder) mixes different utterances of one speaker.
         train_mixtures: dynamic mixtures per epoch; val_mixtures, test_mixtures: size of the fixed sets.
         mode: "min" or "max", the LibriMix / wsj0-mix variant.
         cache_dir: where synthesised speech is kept (default ~/.cache/seqmix/speech).
@@ -123,6 +140,7 @@ class SeparationDataModule(L.LightningDataModule):
         utterances_per_voice: int = 20,
         same_speaker_fraction: float = 0.0,
         passages: bool = False,
+        test_same_speaker: bool = False,
         train_mixtures: int = 400,
         val_mixtures: int = 32,
         test_mixtures: int = 32,
@@ -149,6 +167,8 @@ class SeparationDataModule(L.LightningDataModule):
                 f"data.same_speaker_fraction={same_speaker_fraction} must be in [0, 1] and needs dynamic mixing "
                 f"(data.train=espeak or folder, not {train})"
             )
+        if test_same_speaker and test in LAYOUTS:
+            raise ValueError(f"data.test_same_speaker needs speakers to mix (data.test=espeak or folder, not {test})")
         if passages and train in LAYOUTS:
             raise ValueError(f"data.passages needs dynamic mixing (data.train=espeak or folder, not {train})")
         self.name, self.num_speakers, self.sample_rate = name, num_speakers, sample_rate
@@ -157,6 +177,7 @@ class SeparationDataModule(L.LightningDataModule):
         self.gain_db, self.mode = gain_db, mode
         self.voices = {"train": train_voices, "val": val_voices, "test": test_voices}
         self.engines, self.utterances_per_voice, self.same_speaker_fraction = tuple(engines), utterances_per_voice, same_speaker_fraction
+        self.test_same_speaker = test_same_speaker
         self.pause = tuple(round(seconds * sample_rate) for seconds in PAUSE_SECONDS) if passages else None
         self.sizes = {"train": train_mixtures, "val": val_mixtures, "test": test_mixtures}
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
@@ -203,7 +224,9 @@ class SeparationDataModule(L.LightningDataModule):
             self.datasets["test"] = self.prepared(self.test, self.test_path, "test")
             return
         speakers = self.espeak_voices("test") if self.test == "espeak" else folder_speakers(self.test_path, self.sample_rate)
-        self.datasets["test"] = FixedMixtures(speakers, self.num_speakers, None, self.gain_db, self.sizes["test"], self.seed + 1)
+        self.datasets["test"] = FixedMixtures(
+            speakers, self.num_speakers, None, self.gain_db, self.sizes["test"], self.seed + 1, self.test_same_speaker
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and "train" not in self.datasets:

@@ -18,7 +18,19 @@ def test_a_missing_librivox_folder_fails_before_any_synthesis(tmp_path, monkeypa
 
 
 def test_the_results_name_the_training_voices_and_same_speaker_share():
-    data = OmegaConf.create({"engines": ["espeak"], "same_speaker_fraction": 0.0})
-    assert speech_separation.training_data(data) == "espeak dynamic mixtures"
-    data = OmegaConf.create({"engines": ["espeak", "flite"], "same_speaker_fraction": 0.3})
-    assert speech_separation.training_data(data) == "espeak + flite dynamic mixtures, 30% of them same-speaker"
+    data = OmegaConf.create({"engines": ["espeak"], "same_speaker_fraction": 0.0, "segment_seconds": 2.0, "passages": False})
+    assert speech_separation.training_data(data) == "espeak dynamic mixtures of 2 s"
+    data = OmegaConf.create({"engines": ["espeak", "flite"], "same_speaker_fraction": 0.3, "segment_seconds": 4.0, "passages": True})
+    assert speech_separation.training_data(data) == (
+        "espeak + flite dynamic mixtures of 4 s, 30% of them same-speaker, sources read on sentence after sentence"
+    )
+
+
+def test_the_table_has_a_column_and_a_gap_per_test():
+    rows = [{"model": model, "parameters": 1.5e6, "steps": 10, "run_seconds": 60.0, "test/si_snri": base, "test/sdri": 0.0,
+             "test/si_snr": 0.0, "espeak/si_snri": base + 1, "espeak_same/si_snri": base + 2}
+            for model, base in (("attention", 1.0), ("convtasnet", -0.5))]  # fmt: skip
+    table = speech_separation.markdown(rows)
+    assert "held-out espeak-ng same-speaker SI-SNRi (dB)" in table and "| attention | 1.50 M | 10 | 1.00 | 0.00 | 0.00 | 2.00 | 3.00 | 60 |" in table
+    assert table.count("minus Conv-TasNet: +1.50 dB") == 3
+    assert "held-out espeak-ng same-speaker: best mixer (attention)" in table

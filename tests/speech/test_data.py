@@ -107,6 +107,20 @@ def test_dynamic_same_speaker_mixtures_hold_one_speaker():
         assert lengths[0] // 10 == lengths[1] // 10 and lengths[0] != lengths[1]
 
 
+def test_same_speaker_test_mixtures_mix_different_utterances_of_one_speaker():
+    speakers = [[torch.ones(100 + 10 * s + u) for u in range(3)] for s in range(4)]  # lengths name speaker and utterance
+    fixed = FixedMixtures(speakers, 2, 400, 2.5, length=8, seed=3, same_speaker=True)
+    names = [fixed[i][2] for i in range(8)]
+    assert {name.split("_")[1] for name in names[:4]} == {"0-0", "1-1", "2-2", "3-3"}  # every speaker before repeats
+    for _, sources, name in (fixed[i] for i in range(8)):
+        lengths = (sources != 0).sum(dim=1) - 100
+        assert (lengths // 10 == int(name[-1])).all() and lengths[0] != lengths[1]
+    with pytest.raises(ValueError, match="need 3 utterances of every speaker"):
+        FixedMixtures([[torch.ones(5)] * 2], 3, 400, 2.5, length=1, seed=0, same_speaker=True)
+    with pytest.raises(ValueError, match="needs speakers to mix"):
+        SeparationDataModule(test="librimix", test_path="x", test_same_speaker=True)
+
+
 def test_passages_read_on_with_pauses_until_the_segment_is_full():
     rng = np.random.default_rng(2)
     utterances = [torch.full((100,), float(k + 1)) for k in range(5)]
