@@ -52,9 +52,9 @@ METRICS = {"test/si_snri": "SI-SNRi (dB)", "test/sdri": "SDRi (dB)", "test/si_sn
 # two more test sets, of espeak-ng voices heard neither in training nor in validation: mixtures of different speakers
 # (unlike the LibriVox recordings, which are all read by one person), and of two sentences of one voice (as LibriVox's)
 ESPEAK_TEST = ["data.test=espeak", "data.test_voices=8", "data.test_mixtures=64"]
-HELD_OUT = {  # run-name suffix: (extra overrides, column heading)
-    "espeak": ([], "held-out espeak-ng SI-SNRi (dB)"),
-    "espeak_same": (["data.test_same_speaker=true"], "held-out espeak-ng same-speaker SI-SNRi (dB)"),
+HELD_OUT = {  # run-name suffix: (extra overrides, name in the table)
+    "espeak": ([], "held-out espeak-ng"),
+    "espeak_same": (["data.test_same_speaker=true"], "held-out espeak-ng same-speaker"),
 }
 RESULTS = Path(__file__).parent / "results"
 
@@ -81,7 +81,7 @@ def presynthesize(overrides: list[str], workers: int) -> None:
 
 
 def training_data(data: DictConfig) -> str:
-    """What the models train on, in words: the engines of the voices and the share of same-speaker mixtures."""
+    """What the models train on, in words: the voices' engines, the segment, the share of same-speaker mixtures, passages."""
     same = f", {data.same_speaker_fraction:.0%} of them same-speaker" if data.same_speaker_fraction else ""
     passages = ", sources read on sentence after sentence" if data.get("passages") else ""
     return f"{' + '.join(data.engines)} dynamic mixtures of {data.segment_seconds:g} s{same}{passages}"
@@ -115,7 +115,7 @@ def row(model: str, runs_dir: Path, overrides: list[str]) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    heads = [f"LibriVox {name}" for name in METRICS.values()] + [head for _, head in HELD_OUT.values()]
+    heads = [f"LibriVox {name}" for name in METRICS.values()] + [f"{name} SI-SNRi (dB)" for _, name in HELD_OUT.values()]
     held_out = [f"{test}/si_snri" for test in HELD_OUT]
     lines = ["| model | parameters | steps | " + " | ".join(heads) + " | run seconds |", "|" + "---|" * (len(heads) + 4)]
     for r in rows:
@@ -125,7 +125,7 @@ def markdown(rows: list[dict]) -> str:
     mixers = [r for r in rows if r["model"] != "convtasnet"]
     if baseline and mixers:
         lines.append("")
-        for key, test in (("test/si_snri", "LibriVox"), *((f"{t}/si_snri", head.removesuffix(" SI-SNRi (dB)")) for t, (_, head) in HELD_OUT.items())):
+        for key, test in (("test/si_snri", "LibriVox"), *((f"{t}/si_snri", name) for t, (_, name) in HELD_OUT.items())):
             best = max(mixers, key=lambda r: r[key])
             lines.append(f"{test}: best mixer ({best['model']}) minus Conv-TasNet: {best[key] - baseline[key]:+.2f} dB SI-SNRi (target: +2 dB).")
     return "\n".join(lines)

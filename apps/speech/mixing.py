@@ -82,9 +82,10 @@ def draw_mixture(
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """One random mixture (see `mix`) of the speakers `pick_utterances` draws: each source one utterance, or, with
     `pause` (samples, min and max), a passage of its speaker's utterances (`read_on`) that fills `length`."""
-    chosen = [[speakers[s][u] for u in order] for s, order in pick_utterances(speakers, num_speakers, rng, same_speaker_fraction)]
-    utterances = [order[0] for order in chosen] if pause is None else [read_on(order, length, pause, rng) for order in chosen]
-    return mix(utterances, length, gain_db, rng)
+    picked = pick_utterances(speakers, num_speakers, rng, same_speaker_fraction)
+    readings = [[speakers[s][u] for u in order] for s, order in picked]  # each source's utterances in reading order
+    sources = [reading[0] for reading in readings] if pause is None else [read_on(reading, length, pause, rng) for reading in readings]
+    return mix(sources, length, gain_db, rng)
 
 
 def seeded(seed: int, index: int) -> np.random.Generator:
