@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 
 import lightning
+import numpy as np
+import pandas as pd
 import torch
 import torchaudio
 from hydra import compose, initialize_config_dir
@@ -106,12 +108,35 @@ def record_of(run_name: str, runs_dir: Path) -> dict:
     return json.loads(paths[0].read_text()) if paths else {"metrics": {}}
 
 
+def per_mixture(record: dict) -> dict[str, float]:
+    """SI-SNRi of every test mixture of a run (its test_per_utterance.csv), by mixture name; {} where there is none."""
+    path = Path(record["run_dir"]) / "test_per_utterance.csv" if "run_dir" in record else None
+    if path is None or not path.is_file():
+        return {}
+    table = pd.read_csv(path)
+    return dict(zip(table["mixture"], table["si_snri"].astype(float)))
+
+
 def row(model: str, runs_dir: Path, overrides: list[str]) -> dict:
     record = record_of(model, runs_dir)
-    held_out = {f"{test}/si_snri": record_of(f"{model}_{test}", runs_dir)["metrics"].get("test/si_snri", float("nan")) for test in HELD_OUT}
+    held_out = {f"{test}/si_snri": record_of(f"{model}_{test}", runs_dir) for test in HELD_OUT}
     parameters = count_parameters(build_model(compose_config([*MODELS[model], *overrides])))
     return {"model": model, "parameters": parameters, "steps": record["steps"], "run_seconds": record["seconds"],
-            **{key: record["metrics"][key] for key in METRICS}, **held_out, "run_dir": record["run_dir"]}  # fmt: skip
+            **{key: record["metrics"][key] for key in METRICS},
+            **{key: held["metrics"].get("test/si_snri", float("nan")) for key, held in held_out.items()},
+            "per_mixture": {"test/si_snri": per_mixture(record), **{key: per_mixture(held) for key, held in held_out.items()}},
+            "run_dir": record["run_dir"]}  # fmt: skip
+
+
+def paired(mixer: dict, baseline: dict, key: str) -> str:
+    """The per-mixture difference of SI-SNRi (`key`) between two rows over the mixtures both were tested on, in words:
+    its standard error and on how many the mixer is ahead ("" without per-mixture results)."""
+    a, b = mixer.get("per_mixture", {}).get(key, {}), baseline.get("per_mixture", {}).get(key, {})
+    differences = np.array([a[name] - b[name] for name in a.keys() & b.keys()])
+    if len(differences) < 2:
+        return ""
+    error = differences.std(ddof=1) / np.sqrt(len(differences))
+    return f" (per mixture: {differences.mean():+.2f} ± {error:.2f} dB standard error, ahead on {(differences > 0).sum()} of {len(differences)})"
 
 
 def markdown(rows: list[dict]) -> str:
@@ -127,7 +152,10 @@ def markdown(rows: list[dict]) -> str:
         lines.append("")
         for key, test in (("test/si_snri", "LibriVox"), *((f"{t}/si_snri", name) for t, (_, name) in HELD_OUT.items())):
             best = max(mixers, key=lambda r: r[key])
-            lines.append(f"{test}: best mixer ({best['model']}) minus Conv-TasNet: {best[key] - baseline[key]:+.2f} dB SI-SNRi (target: +2 dB).")
+            lines.append(
+                f"{test}: best mixer ({best['model']}) minus Conv-TasNet: {best[key] - baseline[key]:+.2f} dB SI-SNRi"
+                f"{paired(best, baseline, key)} (target: +2 dB)."
+            )
     return "\n".join(lines)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
+import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
@@ -33,4 +35,18 @@ def test_the_table_has_a_column_and_a_gap_per_test():
     table = speech_separation.markdown(rows)
     assert "held-out espeak-ng same-speaker SI-SNRi (dB)" in table and "| attention | 1.50 M | 10 | 1.00 | 0.00 | 0.00 | 2.00 | 3.00 | 60 |" in table
     assert table.count("minus Conv-TasNet: +1.50 dB") == 3
-    assert "held-out espeak-ng same-speaker: best mixer (attention)" in table
+    assert "held-out espeak-ng same-speaker: best mixer (attention)" in table and "per mixture" not in table
+
+
+def test_the_gap_comes_with_its_per_mixture_spread(tmp_path):
+    for model, scores in (("attention", [1.0, 2.0, 0.5]), ("convtasnet", [0.0, 0.0, 1.0])):
+        pd.DataFrame({"mixture": ["a", "b", "c"], "si_snri": scores}).to_csv(tmp_path / f"{model}.csv", index=False)
+    rows = []
+    for model in ("attention", "convtasnet"):
+        (tmp_path / model).mkdir()
+        (tmp_path / f"{model}.csv").rename(tmp_path / model / "test_per_utterance.csv")
+        per_mixture = speech_separation.per_mixture({"run_dir": str(tmp_path / model)})
+        rows.append({"model": model, "test/si_snri": float(np.mean(list(per_mixture.values()))), "per_mixture": {"test/si_snri": per_mixture}})
+    # differences 1, 2, -0.5: mean 0.83, standard deviation 1.26, standard error 0.73
+    assert speech_separation.paired(rows[0], rows[1], "test/si_snri") == " (per mixture: +0.83 ± 0.73 dB standard error, ahead on 2 of 3)"
+    assert speech_separation.per_mixture({"run_dir": str(tmp_path / "none")}) == {} == speech_separation.per_mixture({})
