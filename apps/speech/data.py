@@ -28,6 +28,16 @@ PAUSE_SECONDS = (0.1, 0.5)  # between the sentences of a passage (data.passages)
 Speakers = Sequence[Sequence[Tensor]]
 
 
+def check_utterances_per_speaker(speakers: Speakers, count: int, user: str) -> None:
+    """ValueError unless every speaker has `count` utterances, as the same-speaker mixtures of `user` need."""
+    fewest = min(map(len, speakers))
+    if fewest < count:
+        raise ValueError(
+            f"{user} needs {count} utterances of every speaker, some have {fewest}; "
+            "raise data.utterances_per_voice or give a folder with more recordings per speaker"
+        )
+
+
 class DynamicMixtures(Dataset):
     """`length` new random mixtures per pass (see `mixing.draw_mixture`), each `segment` samples long; a fraction
     `same_speaker_fraction` of them mixes different utterances of one speaker. With `pause` (samples, min and max)
@@ -63,11 +73,8 @@ class FixedMixtures(Dataset):
                 f"{num_speakers}-speaker mixtures need {num_speakers} speakers, got {len(speakers)}; "
                 "raise data.val_voices / data.test_voices or give a folder with more speakers"
             )
-        if same_speaker and min(map(len, speakers)) < num_speakers:
-            raise ValueError(
-                f"same-speaker mixtures need {num_speakers} utterances of every speaker, some have {min(map(len, speakers))}; "
-                "raise data.utterances_per_voice or give a folder with more recordings per speaker"
-            )
+        if same_speaker:
+            check_utterances_per_speaker(speakers, num_speakers, "same-speaker mixtures")
         self.speakers, self.num_speakers, self.segment, self.gain_db, self.length, self.seed = (
             speakers, num_speakers, segment, gain_db, length, seed
         )  # fmt: skip
@@ -209,11 +216,8 @@ class SeparationDataModule(L.LightningDataModule):
             if len(speakers) - self.voices["val"] < self.num_speakers:
                 raise ValueError(f"{self.train_path} has {len(speakers)} speakers: too few to hold out data.val_voices={self.voices['val']}")
             train, val = speakers[: -self.voices["val"]], speakers[-self.voices["val"] :]
-        if self.same_speaker_fraction and min(len(s) for s in train) < self.num_speakers:
-            raise ValueError(
-                f"data.same_speaker_fraction needs {self.num_speakers} utterances of every training speaker, some have "
-                f"{min(len(s) for s in train)}; raise data.utterances_per_voice or give more files per speaker"
-            )
+        if self.same_speaker_fraction:
+            check_utterances_per_speaker(train, self.num_speakers, "data.same_speaker_fraction")
         self.datasets["train"] = DynamicMixtures(
             train, self.num_speakers, self.segment, self.gain_db, self.sizes["train"], self.same_speaker_fraction, self.pause
         )

@@ -115,7 +115,7 @@ def test_same_speaker_test_mixtures_mix_different_utterances_of_one_speaker():
     for _, sources, name in (fixed[i] for i in range(8)):
         lengths = (sources != 0).sum(dim=1) - 100
         assert (lengths // 10 == int(name[-1])).all() and lengths[0] != lengths[1]
-    with pytest.raises(ValueError, match="need 3 utterances of every speaker"):
+    with pytest.raises(ValueError, match="same-speaker mixtures needs 3 utterances of every speaker"):
         FixedMixtures([[torch.ones(5)] * 2], 3, 400, 2.5, length=1, seed=0, same_speaker=True)
     with pytest.raises(ValueError, match="needs speakers to mix"):
         SeparationDataModule(test="librimix", test_path="x", test_same_speaker=True)
