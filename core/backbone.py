@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from core.bidirectional import Bidirectional
-from core.layers import DropPath, GatedMLP
+from core.layers import DropPath, GatedMLP, GatedRMSNorm
 from core.mixer import Mixer, check_sequence
 from core.registry import build_mixer
 
@@ -43,9 +43,9 @@ class Block(nn.Module):
     def __init__(self, mixer: Mixer, mlp_expand: float, norm_eps: float, drop_path: float) -> None:
         super().__init__()
         d_model = mixer.d_model
-        self.mixer_norm = nn.RMSNorm(d_model, eps=norm_eps)
+        self.mixer_norm = GatedRMSNorm(d_model, eps=norm_eps)
         self.mixer = mixer
-        self.mlp_norm = nn.RMSNorm(d_model, eps=norm_eps) if mlp_expand > 0 else None
+        self.mlp_norm = GatedRMSNorm(d_model, eps=norm_eps) if mlp_expand > 0 else None
         self.mlp = GatedMLP(d_model, expand=mlp_expand) if mlp_expand > 0 else None
         self.drop_path = DropPath(drop_path)
 
@@ -103,7 +103,7 @@ class Backbone(nn.Module):
             blocks.append(Block(mixer, mlp_expand, norm_eps, drop))
             self.layer_names.append(name)
         self.blocks = nn.ModuleList(blocks)
-        self.norm = nn.RMSNorm(d_model, eps=norm_eps)
+        self.norm = GatedRMSNorm(d_model, eps=norm_eps)
         self.causal = all(block.mixer.causal for block in self.blocks)
 
     def forward(self, x: Tensor, state: list[Any] | None = None, mask: Tensor | None = None) -> tuple[Tensor, list[Any]]:

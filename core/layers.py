@@ -5,6 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.ops.causal_conv import causal_conv
+from core.ops.gated_rms_norm import gated_rms_norm
+
 
 class GatedMLP(nn.Module):
     """SwiGLU MLP: W_down(act(W_gate x) * W_up x). x: (..., d_model) -> (..., d_model)."""
@@ -54,18 +57,7 @@ class GatedRMSNorm(nn.Module):
         self.norm_before_gate = norm_before_gate
 
     def forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
-        dtype = x.dtype
-        compute = torch.promote_types(dtype, torch.float32)
-        x = x.to(compute)
-        gate = F.silu(z.to(compute)) if z is not None else None
-        if gate is not None and not self.norm_before_gate:
-            x = x * gate
-        groups = x.unflatten(-1, (-1, self.group_size))
-        x = (groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
-        x = x * self.weight.to(compute)
-        if gate is not None and self.norm_before_gate:
-            x = x * gate
-        return x.to(dtype)
+        return gated_rms_norm(x, self.weight, z, eps=self.eps, group_size=self.group_size, norm_before_gate=self.norm_before_gate)
 
 
 def compact_valid(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -83,15 +75,6 @@ def scatter_back(y: Tensor, order: Tensor) -> Tensor:
     """Inverse of `compact_valid` for y: (B, T, ...)."""
     index = order.view(order.shape + (1,) * (y.ndim - 2)).expand_as(y)
     return torch.empty_like(y).scatter_(1, index, y)
-
-
-def depthwise_causal_conv(full: Tensor, weight: Tensor, T: int, dilation: int = 1) -> Tensor:
-    """Depthwise causal convolution as shifted sums (much faster on CPU than a grouped conv1d).
-
-    full: (B, (k - 1) * dilation + T, C), the history followed by the T new inputs; weight: (k, C),
-    tap k - 1 on the newest input -> (B, T, C).
-    """
-    return sum(full[:, j * dilation : j * dilation + T] * w for j, w in enumerate(weight))
 
 
 class ShortConv(nn.Module):
@@ -115,23 +98,15 @@ class ShortConv(nn.Module):
         width = self.kernel_size - 1
         if mask is not None:
             x, order, lengths = compact_valid(x * mask.unsqueeze(-1).to(x.dtype), mask)
-        if state is None:
-            state = x.new_zeros(B, width, C)
-        full = torch.cat([state.to(x.dtype), x], dim=1)  # [B, width + T, C]
-        # weights in the input's dtype, as nn.Conv1d under autocast: the output keeps x's dtype (bf16 stays bf16)
-        y = depthwise_causal_conv(full, self.conv.weight[:, 0].t().to(x.dtype), T)
-        if self.conv.bias is not None:
-            y = y + self.conv.bias.to(x.dtype)
-        if mask is None:
-            tail = full[:, full.shape[1] - width:]
-        else:
-            idx = lengths.view(B, 1) + torch.arange(width, device=x.device).view(1, width)
-            tail = full.gather(1, idx.unsqueeze(-1).expand(B, width, C))
-        if self.activation == "silu":
-            y = F.silu(y)
-        if mask is not None:
-            y = scatter_back(y, order)
-        return y, tail
+        # the op casts weight and bias to x's dtype, as nn.Conv1d under autocast: bf16 inputs give a bf16 output
+        y = causal_conv(x, self.conv.weight[:, 0].t(), self.conv.bias, state, activation=self.activation)
+        past = x.new_zeros(B, width, C) if state is None else state.to(x.dtype)
+        if mask is None:  # the last `width` inputs, some from the state when T < width
+            recent = torch.cat([past, x[:, max(0, T - width) :]], dim=1)
+            return y, recent[:, recent.shape[1] - width :]
+        idx = lengths.view(B, 1) + torch.arange(width, device=x.device).view(1, width)
+        tail = torch.cat([past, x], dim=1).gather(1, idx.unsqueeze(-1).expand(B, width, C))
+        return scatter_back(y, order), tail
 
 
 def token_shift(x: Tensor, last: Tensor | None, mask: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from core.layers import GatedRMSNorm
 from core.mixers._checks import check_positive_int
 from core.ops import linear_recurrence, mask_padding
+from core.ops.gated_rms_norm import gated_rms_norm
 
 
 def split_heads(name: str, width: int, head_dim: int | None, what: str = "d_model") -> tuple[int, int]:
@@ -101,9 +102,11 @@ def recur(
 
 
 def l2_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
-    """x / sqrt(sum(x^2) + eps) over the last dim (fla's l2norm), computed in at least float32, in x's dtype."""
-    y = x.to(gate_dtype(x))
-    return (y * torch.rsqrt(y.square().sum(-1, keepdim=True) + eps)).to(x.dtype)
+    """x / sqrt(sum(x^2) + eps) over the last dim (fla's l2norm), computed in at least float32, in x's dtype.
+
+    That is RMSNorm with eps / D and the weight 1 / sqrt(D) (D = x.shape[-1]), so the fused norm kernel serves on GPU."""
+    D = x.shape[-1]
+    return gated_rms_norm(x, x.new_full((D,), D**-0.5, dtype=gate_dtype(x)), eps=eps / D)
 
 
 def init_dt_bias(size: int, dt_min: float, dt_max: float, floor: float) -> Tensor:

@@ -74,9 +74,9 @@ class _DeltaRuleMixer(Mixer):
             qkv, conv = F.silu(qkv), None
         else:
             qkv, conv = self.conv(qkv, None if state is None else state.conv, mask)
-        q, k, v = qkv.split(self.qkv_widths, dim=-1)
-        q = l2_normalize(q.unflatten(-1, (H, K)))  # [B, T, H, K]
-        k = l2_normalize(k.unflatten(-1, (n, H, K)))  # [B, T, n, H, K]
+        qk, v = qkv.split([self.qkv_widths[0] + self.qkv_widths[1], self.qkv_widths[2]], dim=-1)
+        qk = l2_normalize(qk.unflatten(-1, ((1 + n) * H, K)))  # q's and k's heads side by side: one normalisation
+        q, k = qk[:, :, :H], qk[:, :, H:].unflatten(2, (n, H))  # [B, T, H, K], [B, T, n, H, K]
         v = v.unflatten(-1, (n, H, V))
         dtype = gate_dtype(x)
         beta = beta.to(dtype).sigmoid().unflatten(-1, (n, H)) * (2.0 if self.allow_neg_eigval else 1.0)

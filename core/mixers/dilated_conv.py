@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.layers import depthwise_causal_conv
 from core.mixer import Mixer
 from core.mixers._checks import check_choice, check_positive_int, whole_width
 from core.mixers._common import check_state
 from core.mixers._conv_history import restore, valid_first, window_before
+from core.ops.causal_conv import causal_conv
 from core.registry import register_mixer
 
 ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
@@ -86,13 +86,12 @@ class DilatedConv(Mixer):
         check_state("dilated_conv", state, DilatedConvState)
         u, z = self.in_proj(x).chunk(2, dim=-1)
         u, order, lengths = valid_first(u, mask)
-        T, history = u.shape[1], []
+        history = []
         for level, dilation in enumerate(self.dilations):
             width = (self.kernel_size - 1) * dilation
             past = u.new_zeros(u.shape[0], width, self.inner) if state is None else state.history[level].to(u.dtype)
-            full = torch.cat([past, u], dim=1)  # [B, width + T, inner]
-            history.append(window_before(full, width + lengths, width))
-            y = depthwise_causal_conv(full, self.conv_weight[level], T, dilation)
-            u = u + self.act(y if self.conv_bias is None else y + self.conv_bias[level])
+            history.append(window_before(torch.cat([past, u], dim=1), width + lengths, width))  # from [B, width + T, inner]
+            bias = None if self.conv_bias is None else self.conv_bias[level]
+            u = u + self.act(causal_conv(u, self.conv_weight[level], bias, past, dilation=dilation))
         y = restore(u, order) * F.silu(z)
         return self.out_proj(y), DilatedConvState(tuple(history))

@@ -3,6 +3,7 @@
 import os
 
 import triton
+from torch import Tensor
 
 
 def interpreting() -> bool:
@@ -23,3 +24,12 @@ def all_configs(warps: tuple[int, ...], stages: tuple[int, ...]) -> list[triton.
 def configs(choices: list[triton.Config]) -> list[triton.Config]:
     """The configs to autotune over: all of them, or only the default when not autotuning."""
     return choices if autotuning() else choices[:1]
+
+
+def aligned_rows(x: Tensor) -> Tensor:
+    """x (..., C) with a unit channel stride and every other stride a multiple of 16 elements, copied only when it
+    has not: Triton specialises such strides and then loads 16 bytes at a time. A slice of a projection whose width is
+    no multiple of 16 (Gated DeltaNet's q, k, v of 772 columns) loads 2 bytes at a time otherwise: 2-3x slower."""
+    if x.stride(-1) == 1 and all(s % 16 == 0 for s in x.stride()[:-1]):
+        return x
+    return x.contiguous()

@@ -32,13 +32,13 @@ def check(case: Case, errors: dict[str, float]) -> None:
     assert not bad, f"{case.name}: relative RMS errors above ({tol_out}, {tol_grad}): {bad}; all: {errors}"
 
 
-def run_interpreter(group: str) -> dict[str, dict[str, float]]:
+def run_interpreter(group: str, module: str = "tests.kernels.cases") -> dict[str, dict[str, float]]:
     """Errors of every interpreter case of `group` (an op, or "gla"), by case name, from
-    `python -m tests.kernels.cases GROUP` in a subprocess (TRITON_INTERPRET=1 must be set before Triton
+    `python -m MODULE GROUP` in a subprocess (TRITON_INTERPRET=1 must be set before Triton
     is imported, and must not leak)."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
     run = subprocess.run(
-        [sys.executable, "-m", "tests.kernels.cases", group], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", module, group], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert run.returncode == 0, f"interpreter run failed:\n{run.stdout}\n{run.stderr[-5000:]}"
     results = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
