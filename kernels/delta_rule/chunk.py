@@ -28,6 +28,7 @@ head (saved_chunks(...) >= total_chunks, H, C, C) float32. No dot result is ever
 """
 
 import functools
+from collections.abc import Callable
 
 import torch
 import triton
@@ -37,6 +38,7 @@ from torch import Tensor
 from kernels.common.chunks import ChunkLayout, chunk_layout, chunk_rows, sequence_coords
 from kernels.common.config import all_configs, configs
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
+from kernels.common.ops import call, eager_function
 from kernels.delta_rule.wy import WY_CHOICES, _inverse_kernel, _wy_bwd_kernel
 from kernels.linear_recurrence.chunk import CHUNK_SIZE, DTYPES, MAX_HEAD_DIM, _block, _common, _tile_grid, check_inputs, head_dims_supported
 from kernels.linear_recurrence.passes import DQK_K_TILE, KEY, _bwd_dqk_kernel, _bwd_dv_kernel, _fwd_o_kernel
@@ -333,11 +335,11 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, 
     return dq, dk, dv, dbeta, dg, dh0
 
 
-# --- the public op: a torch.library custom op (opaque to torch.compile, with fake implementations) -----
+# --- the public op: a torch.library custom op (opaque to torch.compile, with fake implementations) under
+# torch.compile, an autograd.Function over the same forward and backward in eager mode (kernels/common/ops.py) -----
 
 
-@torch.library.custom_op("seqmix::chunk_delta_rule", mutates_args=())
-def _delta_rule_op(
+def _delta_rule_forward(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None, scale: float,
     initial_state: Tensor | None, output_final_state: bool, cu_seqlens: Tensor | None, save_for_backward: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -350,6 +352,9 @@ def _delta_rule_op(
     o, ht, Tm = _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state, save_for_backward)
     empty = q.new_empty(0, dtype=torch.float32)
     return o, empty if ht is None else ht, q.new_empty(0, dtype=torch.float32) if Tm is None else Tm
+
+
+_delta_rule_op = torch.library.custom_op("seqmix::chunk_delta_rule", mutates_args=())(_delta_rule_forward)
 
 
 def _saved_t_shape(q: Tensor, cu_seqlens: Tensor | None, save: bool) -> tuple[int, ...]:
@@ -367,8 +372,7 @@ def _(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, sa
     return torch.empty_like(v), q.new_empty(shape, dtype=torch.float32), Tm
 
 
-@torch.library.custom_op("seqmix::chunk_delta_rule_backward", mutates_args=())
-def _delta_rule_backward_op(
+def _delta_rule_backward_impl(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None, scale: float, initial_state: Tensor | None,
     cu_seqlens: Tensor | None, do: Tensor, dht: Tensor | None, need_dg: bool, need_dh0: bool, saved_t: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -383,6 +387,9 @@ def _delta_rule_backward_op(
     dq, dk, dv, dbeta, dg, dh0 = _backward(q, k, v, beta, gc, scale, h0, layout, do.contiguous(), dht, need_dh0, Tm, dg_dtype)
     dg = dg if need_dg else q.new_empty(0)  # distinct empty tensors: outputs may not alias
     return dq, dk, dv, dbeta, dg, dh0.to(initial_state.dtype) if need_dh0 else q.new_empty(0)
+
+
+_delta_rule_backward_op = torch.library.custom_op("seqmix::chunk_delta_rule_backward", mutates_args=())(_delta_rule_backward_impl)
 
 
 @_delta_rule_backward_op.register_fake
@@ -400,19 +407,20 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.scale = scale
 
 
-def _delta_rule_backward(ctx, do, dht, _):
+def _delta_rule_backward(ctx, do, dht, _, backward: Callable = _delta_rule_backward_op):
     q, k, v, beta, g, initial_state, cu_seqlens, saved_t = ctx.saved_tensors
     do = torch.zeros_like(v) if do is None else do
     dht = None if dht is None or dht.numel() == 0 else dht
     need_dg = g is not None and ctx.needs_input_grad[4]
     need_dh0 = initial_state is not None and ctx.needs_input_grad[6]
-    dq, dk, dv, dbeta, dg, dh0 = _delta_rule_backward_op(
-        q, k, v, beta, g, ctx.scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0, saved_t
-    )
+    dq, dk, dv, dbeta, dg, dh0 = backward(q, k, v, beta, g, ctx.scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0, saved_t)
     return dq, dk, dv, dbeta, dg if need_dg else None, None, dh0 if need_dh0 else None, None, None, None
 
 
 torch.library.register_autograd(_delta_rule_op, _delta_rule_backward, setup_context=_setup_context)
+_DeltaRule = eager_function(
+    "_DeltaRule", _delta_rule_forward, _setup_context, functools.partial(_delta_rule_backward, backward=_delta_rule_backward_impl)
+)
 
 
 def chunk_delta_rule(
@@ -435,7 +443,8 @@ def chunk_delta_rule(
     cu_seqlens: int32/int64 (N + 1,) offsets of N sequences packed into B = 1.
     Returns o (B, T, H, V) in the input dtype and the final state (N, H, K, V) in float32 or None.
     Differentiable in q, k, v, beta, g and initial_state. A torch.library custom op ("seqmix::chunk_delta_rule")
-    with a fake implementation, so torch.compile traces models that call it (without graph breaks).
+    with a fake implementation, so torch.compile traces models that call it (without graph breaks); eager calls take an
+    autograd.Function over the same forward and backward.
     """
     check_inputs(q, k, v, g, initial_state, cu_seqlens)
     if beta.shape != q.shape[:3] or not beta.is_floating_point():
@@ -445,7 +454,7 @@ def chunk_delta_rule(
     # keep T for the backward only when one will run (about C * 4 bytes per token and head: 134 MB at
     # B = 8, T = 4096, H = 16; without it the backward recomputes T, about 0.2 ms on the H100 at that size)
     save = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, beta, g, initial_state))
-    o, final_state, _ = _delta_rule_op(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, save)
+    o, final_state, _ = call(_delta_rule_op, _DeltaRule, q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, save)
     return o, final_state if output_final_state else None
 
 

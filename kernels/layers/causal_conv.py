@@ -13,12 +13,16 @@ speech app's 656 x 100 x 512 bf16 convolution, these two 0.36 ms (PyTorch's shif
 """
 
 
+import functools
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from kernels.common.config import aligned_rows
+from kernels.common.ops import call, eager_function
 
 # [time, channel] tiles per program. H100, speech app's 656 x 100 x 512 bf16 (session 15), forward / backward in us:
 # 68 / 518 at 16 rows, 75 / 455 at 32, 99 / 361 at 64.
@@ -166,15 +170,10 @@ def causal_conv_backward(
     return dx, dw_part.sum(0).to(weight.dtype), db, dstate
 
 
-# --- the public op: an autograd.Function in eager mode, a torch.library custom op (opaque, with fake
-# implementations) under torch.compile. The custom op's Python dispatch costs about 0.5 ms of CPU per forward and
-# backward on the H100 host (session 15), twice the Function's: in a dual-path speech masker with 44 such calls per
-# step that made the step 45 % slower.
+# --- the public op: a torch.library custom op under torch.compile, an autograd.Function over the same forward and
+# backward in eager mode (kernels/common/ops.py says why) -------------------------------------------------------------
 
-
-@torch.library.custom_op("seqmix::causal_conv", mutates_args=())
-def _causal_conv_op(x: Tensor, weight: Tensor, bias: Tensor | None, state: Tensor | None, silu: bool, dilation: int) -> Tensor:
-    return causal_conv_forward(x, weight, bias, state, silu, dilation)
+_causal_conv_op = torch.library.custom_op("seqmix::causal_conv", mutates_args=())(causal_conv_forward)
 
 
 @_causal_conv_op.register_fake
@@ -199,34 +198,20 @@ def _(x, weight, bias, state, silu, dilation, dy):
     return x.new_empty(x.shape), weight.new_empty(weight.shape), like(bias), like(state)
 
 
-def _save(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, state: Tensor | None, silu: bool, dilation: int) -> None:
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, bias, state, silu, dilation = inputs
     ctx.save_for_backward(x, weight, bias, state)
     ctx.silu, ctx.dilation = silu, dilation
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    _save(ctx, *inputs)
-
-
-def _backward(ctx, dy):
+def _backward(ctx, dy, backward: Callable = _causal_conv_backward_op):
     x, weight, bias, state = ctx.saved_tensors
-    dx, dw, db, dstate = _causal_conv_backward_op(x, weight, bias, state, ctx.silu, ctx.dilation, dy)
+    dx, dw, db, dstate = backward(x, weight, bias, state, ctx.silu, ctx.dilation, dy)
     return dx, dw, None if bias is None else db, None if state is None else dstate, None, None
 
 
 torch.library.register_autograd(_causal_conv_op, _backward, setup_context=_setup_context)
-
-
-class _CausalConv(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, state, silu, dilation):
-        _save(ctx, x, weight, bias, state, silu, dilation)
-        return causal_conv_forward(x, weight, bias, state, silu, dilation)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight, bias, state = ctx.saved_tensors
-        return *causal_conv_backward(x, weight, bias, state, ctx.silu, ctx.dilation, dy), None, None
+_CausalConv = eager_function("_CausalConv", causal_conv_forward, _setup_context, functools.partial(_backward, backward=causal_conv_backward))
 
 
 def causal_conv(
@@ -238,5 +223,4 @@ def causal_conv(
     state (B, (K - 1) * dilation, C) or None (zeros); silu: apply SiLU. Returns y (B, T, C) in x's dtype.
     Differentiable in x, weight, bias and state; under torch.compile the custom op "seqmix::causal_conv".
     """
-    fn = _causal_conv_op if torch.compiler.is_compiling() else _CausalConv.apply
-    return fn(aligned_rows(x), weight, bias, state, silu, dilation)
+    return call(_causal_conv_op, _CausalConv, aligned_rows(x), weight, bias, state, silu, dilation)

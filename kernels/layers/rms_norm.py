@@ -10,12 +10,16 @@ One program normalises a [rows, G] tile of one group; the backward recomputes th
 saved but the inputs) and writes per-tile partial sums of dw, summed in PyTorch (deterministic, no atomics).
 """
 
+import functools
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from kernels.common.config import aligned_rows
+from kernels.common.ops import call, eager_function
 
 TILE = 4096  # elements per program: rows = TILE // G (at least 1)
 MAX_GROUP = 16384  # the widest group one program holds
@@ -129,13 +133,10 @@ def gated_rms_norm_backward(
     return dx.view(shape), dw_part.sum(0).to(weight.dtype), None if dz is None else dz.view(shape)
 
 
-# --- the public op: an autograd.Function in eager mode, a torch.library custom op under torch.compile (see
-# kernels/layers/causal_conv.py for why both) ---------------------------------------------------------------------
+# --- the public op: a torch.library custom op under torch.compile, an autograd.Function over the same forward and
+# backward in eager mode (kernels/common/ops.py says why) -------------------------------------------------------------
 
-
-@torch.library.custom_op("seqmix::gated_rms_norm", mutates_args=())
-def _norm_op(x: Tensor, weight: Tensor, z: Tensor | None, eps: float, group_size: int, norm_before_gate: bool) -> Tensor:
-    return gated_rms_norm_forward(x, weight, z, eps, group_size, norm_before_gate)
+_norm_op = torch.library.custom_op("seqmix::gated_rms_norm", mutates_args=())(gated_rms_norm_forward)
 
 
 @_norm_op.register_fake
@@ -157,34 +158,20 @@ def _(x, weight, z, eps, group_size, norm_before_gate, dy):
     return x.new_empty(x.shape), weight.new_empty(weight.shape), x.new_empty(0) if z is None else z.new_empty(z.shape)
 
 
-def _save(ctx, x: Tensor, weight: Tensor, z: Tensor | None, eps: float, group_size: int, norm_before_gate: bool) -> None:
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, z, eps, group_size, norm_before_gate = inputs
     ctx.save_for_backward(x, weight, z)
     ctx.eps, ctx.group_size, ctx.norm_before_gate = eps, group_size, norm_before_gate
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    _save(ctx, *inputs)
-
-
-def _backward(ctx, dy):
+def _backward(ctx, dy, backward: Callable = _norm_backward_op):
     x, weight, z = ctx.saved_tensors
-    dx, dw, dz = _norm_backward_op(x, weight, z, ctx.eps, ctx.group_size, ctx.norm_before_gate, dy)
+    dx, dw, dz = backward(x, weight, z, ctx.eps, ctx.group_size, ctx.norm_before_gate, dy)
     return dx, dw, None if z is None else dz, None, None, None
 
 
 torch.library.register_autograd(_norm_op, _backward, setup_context=_setup_context)
-
-
-class _GatedRMSNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, z, eps, group_size, norm_before_gate):
-        _save(ctx, x, weight, z, eps, group_size, norm_before_gate)
-        return gated_rms_norm_forward(x, weight, z, eps, group_size, norm_before_gate)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight, z = ctx.saved_tensors
-        return *gated_rms_norm_backward(x, weight, z, ctx.eps, ctx.group_size, ctx.norm_before_gate, dy), None, None, None
+_GatedRMSNorm = eager_function("_GatedRMSNorm", gated_rms_norm_forward, _setup_context, functools.partial(_backward, backward=gated_rms_norm_backward))
 
 
 def gated_rms_norm(
@@ -194,6 +181,5 @@ def gated_rms_norm(
     """Gated RMSNorm on the GPU; see the module docstring. x, z (..., D) float32, bfloat16 or float16; weight (D,);
     group_size divides D (None: D), at most MAX_GROUP. Returns y (..., D) in x's dtype. Differentiable in x, weight
     and z; under torch.compile the custom op "seqmix::gated_rms_norm"."""
-    fn = _norm_op if torch.compiler.is_compiling() else _GatedRMSNorm.apply
     z = None if z is None else aligned_rows(z)
-    return fn(aligned_rows(x), weight, z, eps, group_size or x.shape[-1], norm_before_gate)
+    return call(_norm_op, _GatedRMSNorm, aligned_rows(x), weight, z, eps, group_size or x.shape[-1], norm_before_gate)

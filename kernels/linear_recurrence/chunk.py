@@ -16,12 +16,16 @@ dtype; the state carried along the sequence stays float32). Cumulative gates are
 units, used with exp2. Offsets are int64; T is a run-time argument (no recompilation per length).
 """
 
+import functools
+from collections.abc import Callable
+
 import torch
 import triton
 from torch import Tensor
 
 from kernels.common.chunks import ChunkLayout, chunk_layout
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
+from kernels.common.ops import call, eager_function
 from kernels.linear_recurrence.passes import DQK_K_TILE, _bwd_dh_kernel, _bwd_dqk_kernel, _bwd_dv_kernel, _fwd_h_kernel, _fwd_o_kernel
 from kernels.linear_recurrence.vector_decay import SUB_CHUNK, _dqkg_kernel, _intra_grad_kernel, _intra_scores_kernel
 
@@ -162,11 +166,11 @@ def _vector_decay_dqkg(q, k, v, gc, h, do, dh, scale, layout):
     return dq, dk, dg
 
 
-# --- the public op: a torch.library custom op (opaque to torch.compile, with fake implementations) -----
+# --- the public op: a torch.library custom op (opaque to torch.compile, with fake implementations) under
+# torch.compile, an autograd.Function over the same forward and backward in eager mode (kernels/common/ops.py) -----
 
 
-@torch.library.custom_op("seqmix::chunk_linear_recurrence", mutates_args=())
-def _linear_recurrence_op(
+def _linear_recurrence_forward(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, scale: float,
     initial_state: Tensor | None, output_final_state: bool, cu_seqlens: Tensor | None, save_for_backward: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -187,6 +191,9 @@ def _linear_recurrence_op(
     return o, empty() if ht is None else ht, A, gc
 
 
+_linear_recurrence_op = torch.library.custom_op("seqmix::chunk_linear_recurrence", mutates_args=())(_linear_recurrence_forward)
+
+
 def _saved_scores_shape(q: Tensor, g: Tensor | None, save: bool) -> tuple[int, ...]:
     return (*q.shape[:3], CHUNK_SIZE) if save and g is not None and g.dim() == 4 else (0,)
 
@@ -205,8 +212,7 @@ def _(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, save_for
     return torch.empty_like(v), q.new_empty(shape, dtype=torch.float32), scores, gc
 
 
-@torch.library.custom_op("seqmix::chunk_linear_recurrence_backward", mutates_args=())
-def _linear_recurrence_backward_op(
+def _linear_recurrence_backward_impl(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, scale: float, initial_state: Tensor | None,
     cu_seqlens: Tensor | None, do: Tensor, dht: Tensor | None, need_dg: bool, need_dh0: bool, saved_scores: Tensor | None = None,
     g_is_cumsum: bool = False,
@@ -221,6 +227,11 @@ def _linear_recurrence_backward_op(
     dq, dk, dv, dg, dh0 = _backward(q, k, v, gc, scale, h0, layout, do.contiguous(), dht, need_dh0, A)
     dg = dg.to(g.dtype) if need_dg else q.new_empty(0)  # distinct empty tensors: outputs may not alias
     return dq, dk, dv, dg, dh0.to(initial_state.dtype) if need_dh0 else q.new_empty(0)
+
+
+_linear_recurrence_backward_op = torch.library.custom_op("seqmix::chunk_linear_recurrence_backward", mutates_args=())(
+    _linear_recurrence_backward_impl
+)
 
 
 @_linear_recurrence_backward_op.register_fake
@@ -239,19 +250,23 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.scale = scale
 
 
-def _linear_recurrence_backward(ctx, do, dht, *_):
+def _linear_recurrence_backward(ctx, do, dht, *_, backward: Callable = _linear_recurrence_backward_op):
     q, k, v, g, initial_state, cu_seqlens, saved_scores = ctx.saved_tensors
     do = torch.zeros_like(v) if do is None else do
     dht = None if dht is None or dht.numel() == 0 else dht
     need_dg = g is not None and ctx.needs_input_grad[3]
     need_dh0 = initial_state is not None and ctx.needs_input_grad[5]
-    dq, dk, dv, dg, dh0 = _linear_recurrence_backward_op(
+    dq, dk, dv, dg, dh0 = backward(
         q, k, v, g, ctx.scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0, saved_scores, ctx.g_is_cumsum
     )
     return dq, dk, dv, dg if need_dg else None, None, dh0 if need_dh0 else None, None, None, None
 
 
 torch.library.register_autograd(_linear_recurrence_op, _linear_recurrence_backward, setup_context=_setup_context)
+_LinearRecurrence = eager_function(
+    "_LinearRecurrence", _linear_recurrence_forward, _setup_context,
+    functools.partial(_linear_recurrence_backward, backward=_linear_recurrence_backward_impl),
+)
 
 
 def chunk_linear_recurrence(
@@ -274,7 +289,8 @@ def chunk_linear_recurrence(
     into B = 1 (chunks never cross a boundary; each has its own initial and final state).
     Returns o (B, T, H, V) in the input dtype and the final state (N, H, K, V) in float32 or None.
     Differentiable in q, k, v, g and initial_state. A torch.library custom op
-    ("seqmix::chunk_linear_recurrence") with a fake implementation, so torch.compile traces models that call it.
+    ("seqmix::chunk_linear_recurrence") with a fake implementation, so torch.compile traces models that call it; eager
+    calls take an autograd.Function over the same forward and backward.
     """
     check_inputs(q, k, v, g, initial_state, cu_seqlens, per_channel_g=True)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
@@ -284,7 +300,7 @@ def chunk_linear_recurrence(
     # that size) and a float32 g's chunk-local cumsum in place of g (0.18 ms there for a decay per key channel)
     save = g is not None and torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (q, k, v, g, initial_state))
-    o, final_state, *_ = _linear_recurrence_op(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, save)
+    o, final_state, *_ = call(_linear_recurrence_op, _LinearRecurrence, q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, save)
     return o, final_state if output_final_state else None
 
 
