@@ -28,3 +28,9 @@ def eager_function(name: str, forward: Callable, setup_context: Callable, backwa
 def call(op: Callable, function: type[torch.autograd.Function], *args):
     """The custom op under torch.compile, the Function otherwise."""
     return op(*args) if torch.compiler.is_compiling() else function.apply(*args)
+
+
+def empty_for_none(ref: torch.Tensor, *tensors: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """The tensors, each None replaced by a distinct empty tensor like `ref` (a custom op cannot return None, and its
+    outputs may not alias)."""
+    return tuple(ref.new_empty(0) if t is None else t for t in tensors)

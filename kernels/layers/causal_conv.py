@@ -22,7 +22,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.common.config import aligned_rows
-from kernels.common.ops import call, eager_function
+from kernels.common.ops import call, eager_function, empty_for_none
 
 # [time, channel] tiles per program. H100, speech app's 656 x 100 x 512 bf16 (session 15), forward / backward in us:
 # 68 / 518 at 16 rows, 75 / 455 at 32, 99 / 361 at 64.
@@ -186,16 +186,12 @@ def _causal_conv_backward_op(
     x: Tensor, weight: Tensor, bias: Tensor | None, state: Tensor | None, silu: bool, dilation: int, dy: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dx, dweight, dbias, dstate); the last two are empty tensors without bias / state (a custom op cannot return None)."""
-    dx, dw, db, dstate = causal_conv_backward(x, weight, bias, state, silu, dilation, dy)
-    return dx, dw, x.new_empty(0) if db is None else db, x.new_empty(0) if dstate is None else dstate
+    return empty_for_none(x, *causal_conv_backward(x, weight, bias, state, silu, dilation, dy))
 
 
 @_causal_conv_backward_op.register_fake
 def _(x, weight, bias, state, silu, dilation, dy):
-    def like(t: Tensor | None) -> Tensor:
-        return x.new_empty(0) if t is None else t.new_empty(t.shape)
-
-    return x.new_empty(x.shape), weight.new_empty(weight.shape), like(bias), like(state)
+    return empty_for_none(x, *(None if t is None else t.new_empty(t.shape) for t in (x, weight, bias, state)))
 
 
 def _setup_context(ctx, inputs, output) -> None:

@@ -19,7 +19,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.common.config import aligned_rows
-from kernels.common.ops import call, eager_function
+from kernels.common.ops import call, eager_function, empty_for_none
 
 TILE = 4096  # elements per program: rows = TILE // G (at least 1)
 MAX_GROUP = 16384  # the widest group one program holds
@@ -149,13 +149,12 @@ def _norm_backward_op(
     x: Tensor, weight: Tensor, z: Tensor | None, eps: float, group_size: int, norm_before_gate: bool, dy: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight, dz); dz is an empty tensor without z (a custom op cannot return None)."""
-    dx, dw, dz = gated_rms_norm_backward(x, weight, z, eps, group_size, norm_before_gate, dy)
-    return dx, dw, x.new_empty(0) if dz is None else dz
+    return empty_for_none(x, *gated_rms_norm_backward(x, weight, z, eps, group_size, norm_before_gate, dy))
 
 
 @_norm_backward_op.register_fake
 def _(x, weight, z, eps, group_size, norm_before_gate, dy):
-    return x.new_empty(x.shape), weight.new_empty(weight.shape), x.new_empty(0) if z is None else z.new_empty(z.shape)
+    return empty_for_none(x, *(None if t is None else t.new_empty(t.shape) for t in (x, weight, z)))
 
 
 def _setup_context(ctx, inputs, output) -> None:
