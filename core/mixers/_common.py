@@ -104,9 +104,13 @@ def recur(
 def l2_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
     """x / sqrt(sum(x^2) + eps) over the last dim (fla's l2norm), computed in at least float32, in x's dtype.
 
-    That is RMSNorm with eps / D and the weight 1 / sqrt(D) (D = x.shape[-1]), so the fused norm kernel serves on GPU."""
+    That is RMSNorm with eps / D and the weight 1 / sqrt(D) (D = x.shape[-1]), so the fused norm kernel serves on GPU.
+    The last two dims go in as one row of groups: heads (B, T, H, D) sliced from a wider projection are read in place,
+    where (B T H, D) rows would need a copy."""
     D = x.shape[-1]
-    return gated_rms_norm(x, x.new_full((D,), D**-0.5, dtype=gate_dtype(x)), eps=eps / D)
+    rows = x.flatten(-2) if x.dim() > 1 else x
+    weight = x.new_full(rows.shape[-1:], D**-0.5, dtype=gate_dtype(x))
+    return gated_rms_norm(rows, weight, eps=eps / D, group_size=D).view(x.shape)
 
 
 def init_dt_bias(size: int, dt_min: float, dt_max: float, floor: float) -> Tensor:

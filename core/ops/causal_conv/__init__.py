@@ -5,11 +5,11 @@ kernel each way, CUDA)."""
 from torch import Tensor
 
 from core.ops.causal_conv import triton  # noqa: F401  (registers the Triton kernel, imported lazily on CUDA)
-from core.ops.causal_conv.shifted import ACTIVATIONS, depthwise_causal_conv
+from core.ops.causal_conv.shifted import ACTIVATIONS
 from core.ops.checks import check_device, check_float, check_shape
 from core.ops.dispatch import resolve
 
-__all__ = ["causal_conv", "depthwise_causal_conv"]
+__all__ = ["causal_conv"]
 
 
 def causal_conv(

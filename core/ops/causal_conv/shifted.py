@@ -1,5 +1,5 @@
-"""Implementation "torch" of the causal convolution: shifted sums: the reference, and the fast form on CPU (much faster there than a grouped
-conv1d)."""
+"""Implementation "torch" of the causal convolution, as K shifted products summed: the reference of the kernel's tests,
+and the fast form on CPU (much faster there than a grouped conv1d)."""
 
 import torch
 import torch.nn.functional as F
