@@ -32,7 +32,8 @@ def roofline_model(op: str, shape: Shape, chunk: int = CHUNK, sub_chunk: int = S
       2.5 x that backward (Q K^T recomputed, dV, dP, dQ, dK).
     The gate of lr_scalar and gated_delta adds g [B, T, H] fp32; gla's g is [B, T, H, K] fp32.
     `*_bytes_scheduled` is what our kernels move as scheduled (per-chunk states h, dh, GLA's scores A,
-    T written and read back, recomputation), from the same READMEs; for the delta rule it depends on the
+    T written and read back, recomputation; since session 15 the delta rule's backward reads the h and U~ that its
+    forward wrote, where it wrote them, instead of running the state pass again), from the same READMEs; for the delta rule it depends on the
     kernels' launch choices, and so on `sms`, the GPU's multiprocessor count (None: the current GPU's, or an H100's).
     """
     B, T, H, D = shape.B, shape.T, shape.H, shape.D
@@ -90,12 +91,13 @@ def roofline_model(op: str, shape: Shape, chunk: int = CHUNK, sub_chunk: int = S
         state_in = k + v + gb + tm  # the state pass reads k, v, beta, g, T
         if sms is None:
             sms = multiprocessors(torch.device("cuda")) if torch.cuda.is_available() else H100_MULTIPROCESSORS
-        if output_in_state_pass(op == "gated_delta", K, V, B * H, sms):
+        fused = output_in_state_pass(op == "gated_delta", K, V, B * H, sms)
+        if fused:
             fwd_sched = inverse + state_in + q + o  # the state pass also reads q and writes o
         else:
             fwd_sched = inverse + state_in + h + v + q + k + v + h + o  # writes h, U~; the output reads q, k, U~, h
         bwd_sched = (
-            state_in + h + v  # the state pass again, from the saved T
+            (state_in + h + v if fused else 0)  # the state pass again (from the saved T) where the forward kept no h, U~
             + q + k + v + v  # chunk-local dU~: read q, k, dO; write it
             + q + k + gb + tm + v + v + h + v  # reverse pass: read q, k, beta, g, T, dO, local dU~; write dh, dU~
             + q + k + 2 * v + 2 * h + q + k + dg_tiles  # dQ/dK/dg: read q, k, U~, dO, h, dh; write dq, dk's part, dg's parts

@@ -38,7 +38,7 @@ from torch import Tensor
 from kernels.common.chunks import ChunkLayout, chunk_layout, chunk_rows, sequence_coords
 from kernels.common.config import all_configs, configs
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
-from kernels.common.ops import call, eager_function
+from kernels.common.ops import call, eager_function, empty_for_none
 from kernels.delta_rule.wy import WY_CHOICES, _inverse_kernel, _wy_bwd_kernel
 from kernels.linear_recurrence.chunk import CHUNK_SIZE, DTYPES, MAX_HEAD_DIM, _block, _common, _tile_grid, check_inputs, head_dims_supported
 from kernels.linear_recurrence.passes import DQK_K_TILE, KEY, _bwd_dqk_kernel, _bwd_dv_kernel, _fwd_o_kernel
@@ -253,7 +253,8 @@ def _state_pass(k, v, beta, gc, Tm, h0, layout, output_final_state, common, q=No
     _, T, H, K = k.shape
     V = v.shape[-1]
     output = q is not None
-    h = None if output else k.new_empty(layout.total_chunks, H, K, V)
+    varlen = layout.cu_seqlens is not None  # h has saved_chunks rows, as the fake implementation says when it is saved
+    h = None if output else k.new_empty(saved_chunks(k.shape[0], T, layout.n_seqs, varlen), H, K, V)
     v_new = None if output else torch.empty_like(v)
     o = torch.empty_like(v) if output else None
     ht = k.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if output_final_state else None
@@ -266,15 +267,17 @@ def _state_pass(k, v, beta, gc, Tm, h0, layout, output_final_state, common, q=No
     return (o, ht) if output else (h, v_new, ht)
 
 
-def _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state, save_t=False):
-    """(o, final states or None, T or None): with save_t, T = (I + A)^-1 per chunk, for the backward."""
+def _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state, save=False):
+    """(o, final states or None, T, h, U~). With save, what the backward then reads instead of recomputing it: T = (I +
+    A)^-1 per chunk, and h and U~ where the forward forms them (None where the output is computed in the state pass);
+    else None for all three."""
     common = _common(q, v, layout)
     Tm = _inverse(k, beta, gc, layout, common)
     if output_in_state_pass(gc is not None, q.shape[-1], v.shape[-1], layout.n_seqs * q.shape[2], multiprocessors(q.device)):
         o, ht = _state_pass(k, v, beta, gc, Tm, h0, layout, output_final_state, common, q=q, scale=scale)
-        return o, ht, Tm if save_t else None
+        return o, ht, Tm if save else None, None, None
     h, v_new, ht = _state_pass(k, v, beta, gc, Tm, h0, layout, output_final_state, common)
-    if not save_t:
+    if not save:
         Tm = None  # freed now: not held through the output kernel
     o = torch.empty_like(v)
     K, V = q.shape[-1], v.shape[-1]
@@ -283,17 +286,18 @@ def _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state, save_t=Fa
         q, k, v_new, gc, h, o, layout.cu_seqlens, layout.chunk_indices, q.shape[1], scale,
         BK=BK, BV=BV, USE_G=gc is not None, **common,
     )
-    return o, ht, Tm
+    return (o, ht, Tm, h, v_new) if save else (o, ht, None, None, None)
 
 
-def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, dg_dtype=torch.float32):
-    """Tm: T saved by the forward (None: recomputed). dg comes back in dg_dtype."""
+def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, dg_dtype=torch.float32, h=None, v_new=None):
+    """Tm, h, v_new: T, the chunks' states and U~ saved by the forward (None: recomputed). dg comes back in dg_dtype."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     common = _common(q, v, layout)
     use_g = gc is not None
     Tm = _inverse(k, beta, gc, layout, common) if Tm is None else Tm
-    h, v_new, _ = _state_pass(k, v, beta, gc, Tm, h0, layout, False, common)
+    if h is None:
+        h, v_new, _ = _state_pass(k, v, beta, gc, Tm, h0, layout, False, common)
 
     dv_local = torch.empty_like(v)  # scores part of dU~
     _bwd_dv_kernel[_tile_grid(triton.cdiv(V, _block(V, 128)), q, layout)](
@@ -342,49 +346,58 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, 
 def _delta_rule_forward(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None, scale: float,
     initial_state: Tensor | None, output_final_state: bool, cu_seqlens: Tensor | None, save_for_backward: bool = False,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(o, final state or an empty tensor, T or an empty tensor): a custom op cannot return None.
-    With save_for_backward, T = (I + A)^-1 per chunk (float32 [saved_chunks, H, C, C]) comes back for
-    the backward, which then skips recomputing it (the inversion is the expensive part of the WY kernel)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(o, final state, T, h, U~), each of the last four an empty tensor when not returned (a custom op cannot return
+    None). With save_for_backward, what the backward then skips recomputing comes back: T = (I + A)^-1 per chunk
+    (float32 [saved_chunks, H, C, C]; the inversion is the expensive part of the WY kernel) and, where the forward
+    forms them (see saves_states), the chunks' states h ([saved_chunks, H, K, V]) and U~ (like v), in the input dtype:
+    the backward's state pass, 0.3 ms of Gated DeltaNet's 3.3 at B8 T4096 H16 D128 on the H100."""
     layout = chunk_layout(q.shape[0], q.shape[1], CHUNK_SIZE, cu_seqlens)
     gc = None if g is None else chunk_local_cumsum(g, layout, CHUNK_SIZE, scale=LOG2E)
     h0 = None if initial_state is None else initial_state.float().contiguous()
-    o, ht, Tm = _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state, save_for_backward)
-    empty = q.new_empty(0, dtype=torch.float32)
-    return o, empty if ht is None else ht, q.new_empty(0, dtype=torch.float32) if Tm is None else Tm
+    o, *rest = _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state, save_for_backward)
+    return o, *empty_for_none(q.new_empty(0, dtype=torch.float32), *rest)
 
 
 _delta_rule_op = torch.library.custom_op("seqmix::chunk_delta_rule", mutates_args=())(_delta_rule_forward)
 
 
-def _saved_t_shape(q: Tensor, cu_seqlens: Tensor | None, save: bool) -> tuple[int, ...]:
-    if not save:
-        return (0,)
-    n = q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    return (saved_chunks(q.shape[0], q.shape[1], n, cu_seqlens is not None), q.shape[2], CHUNK_SIZE, CHUNK_SIZE)
+def saves_states(gated: bool, K: int, V: int, sequence_heads: int, device: torch.device) -> bool:
+    """Whether a forward that saves for the backward also saves h and U~: where it forms them, i.e. unless the output
+    is computed in the state pass."""
+    return not output_in_state_pass(gated, K, V, sequence_heads, multiprocessors(device))
 
 
 @_delta_rule_op.register_fake
 def _(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, save_for_backward=False):
-    n = q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    shape = (n, q.shape[2], q.shape[3], v.shape[3]) if output_final_state else (0,)
-    Tm = q.new_empty(_saved_t_shape(q, cu_seqlens, save_for_backward), dtype=torch.float32)
-    return torch.empty_like(v), q.new_empty(shape, dtype=torch.float32), Tm
+    B, T, H, K = q.shape
+    V = v.shape[3]
+    n = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    chunks = saved_chunks(B, T, n, cu_seqlens is not None)
+    empty = q.new_empty(0, dtype=torch.float32)
+    ht = q.new_empty((n, H, K, V), dtype=torch.float32) if output_final_state else empty
+    if not save_for_backward:
+        return torch.empty_like(v), ht, empty.clone(), empty.clone(), empty.clone()
+    Tm = q.new_empty((chunks, H, CHUNK_SIZE, CHUNK_SIZE), dtype=torch.float32)
+    if not saves_states(g is not None, K, V, n * H, q.device):
+        return torch.empty_like(v), ht, Tm, empty.clone(), empty.clone()
+    return torch.empty_like(v), ht, Tm, q.new_empty((chunks, H, K, V)), torch.empty_like(v)
 
 
 def _delta_rule_backward_impl(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None, scale: float, initial_state: Tensor | None,
     cu_seqlens: Tensor | None, do: Tensor, dht: Tensor | None, need_dg: bool, need_dh0: bool, saved_t: Tensor | None = None,
+    saved_h: Tensor | None = None, saved_u: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(dq, dk, dv, dbeta, dg, dh0); dg and dh0 are empty tensors unless asked for. saved_t: the
-    forward's T (read only), or None / an empty tensor to recompute it."""
+    """(dq, dk, dv, dbeta, dg, dh0); dg and dh0 are empty tensors unless asked for. saved_t, saved_h, saved_u: the
+    forward's T, h and U~ (read only), or None / empty tensors to recompute them."""
     layout = chunk_layout(q.shape[0], q.shape[1], CHUNK_SIZE, cu_seqlens)
     gc = None if g is None else chunk_local_cumsum(g, layout, CHUNK_SIZE, scale=LOG2E)
     h0 = None if initial_state is None else initial_state.float().contiguous()
     dht = None if dht is None else dht.float().contiguous()
-    Tm = None if saved_t is None or saved_t.numel() == 0 else saved_t
+    Tm, h, v_new = (None if t is None or t.numel() == 0 else t for t in (saved_t, saved_h, saved_u))
     dg_dtype = g.dtype if need_dg else torch.float32
-    dq, dk, dv, dbeta, dg, dh0 = _backward(q, k, v, beta, gc, scale, h0, layout, do.contiguous(), dht, need_dh0, Tm, dg_dtype)
+    dq, dk, dv, dbeta, dg, dh0 = _backward(q, k, v, beta, gc, scale, h0, layout, do.contiguous(), dht, need_dh0, Tm, dg_dtype, h, v_new)
     dg = dg if need_dg else q.new_empty(0)  # distinct empty tensors: outputs may not alias
     return dq, dk, dv, dbeta, dg, dh0.to(initial_state.dtype) if need_dh0 else q.new_empty(0)
 
@@ -393,27 +406,27 @@ _delta_rule_backward_op = torch.library.custom_op("seqmix::chunk_delta_rule_back
 
 
 @_delta_rule_backward_op.register_fake
-def _(q, k, v, beta, g, scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0, saved_t=None):
+def _(q, k, v, beta, g, scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0, saved_t=None, saved_h=None, saved_u=None):
     grads = (torch.empty_like(x) for x in (q, k, v, beta))
     return *grads, torch.empty_like(g) if need_dg else q.new_empty(0), torch.empty_like(initial_state) if need_dh0 else q.new_empty(0)
 
 
 def _setup_context(ctx, inputs, output) -> None:
     q, k, v, beta, g, scale, initial_state, _, cu_seqlens, *_ = inputs
-    saved_t = output[2]
-    ctx.mark_non_differentiable(saved_t)
-    ctx.set_materialize_grads(False)  # else autograd fills a zero gradient of T's size for the backward (40 us on the H100)
-    ctx.save_for_backward(q, k, v, beta, g, initial_state, cu_seqlens, saved_t)
+    saved = output[2:]  # T, h, U~
+    ctx.mark_non_differentiable(*saved)
+    ctx.set_materialize_grads(False)  # else autograd fills zero gradients of their sizes for the backward (40 us for T on the H100)
+    ctx.save_for_backward(q, k, v, beta, g, initial_state, cu_seqlens, *saved)
     ctx.scale = scale
 
 
-def _delta_rule_backward(ctx, do, dht, _, backward: Callable = _delta_rule_backward_op):
-    q, k, v, beta, g, initial_state, cu_seqlens, saved_t = ctx.saved_tensors
+def _delta_rule_backward(ctx, do, dht, *_, backward: Callable = _delta_rule_backward_op):
+    q, k, v, beta, g, initial_state, cu_seqlens, *saved = ctx.saved_tensors
     do = torch.zeros_like(v) if do is None else do
     dht = None if dht is None or dht.numel() == 0 else dht
     need_dg = g is not None and ctx.needs_input_grad[4]
     need_dh0 = initial_state is not None and ctx.needs_input_grad[6]
-    dq, dk, dv, dbeta, dg, dh0 = backward(q, k, v, beta, g, ctx.scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0, saved_t)
+    dq, dk, dv, dbeta, dg, dh0 = backward(q, k, v, beta, g, ctx.scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0, *saved)
     return dq, dk, dv, dbeta, dg if need_dg else None, None, dh0 if need_dh0 else None, None, None, None
 
 
@@ -451,10 +464,11 @@ def chunk_delta_rule(
         raise ValueError(f"beta must be a float tensor of shape (B, T, H) = {tuple(q.shape[:3])}, got {beta.dtype} {tuple(beta.shape)}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
-    # keep T for the backward only when one will run (about C * 4 bytes per token and head: 134 MB at
-    # B = 8, T = 4096, H = 16; without it the backward recomputes T, about 0.2 ms on the H100 at that size)
+    # keep T, h and U~ for the backward only when one will run (T: C * 4 bytes per token and head, h: K V * 2 / C, U~:
+    # 2 V; at B = 8, T = 4096, H = 16, D = 128: 134 + 268 + 134 MB; without them the backward recomputes T, about
+    # 0.2 ms on the H100 at that size, and runs the state pass again, about 0.3 ms)
     save = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, beta, g, initial_state))
-    o, final_state, _ = call(_delta_rule_op, _DeltaRule, q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, save)
+    o, final_state, *_ = call(_delta_rule_op, _DeltaRule, q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, save)
     return o, final_state if output_final_state else None
 
 
