@@ -124,6 +124,24 @@ def test_gpu_step_replays_in_a_cuda_graph(op: str) -> None:
     assert torch.equal(out, expected) and torch.equal(state, eager_state)
 
 
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize(("gate", "state_passes"), [("scalar", 1), ("none", 2)])
+def test_gpu_backward_reads_the_saved_states(gate: str, state_passes: int) -> None:
+    """Under autograd the gated forward keeps h and U~ and the backward runs no state pass of its own; DeltaNet with
+    its output in the state pass (FUSED_OUTPUT's shape) keeps none and runs it again."""
+    from kernels.delta_rule import chunk_delta_rule
+
+    case = Case(T=300, K=128, V=128, B=10, H=8, dtype=BF16, gate=gate, op=DELTA, seed=18)
+    x = {n: t if t is None else t.requires_grad_() for n, t in make_inputs(case, "cuda").items()}
+    activities = [torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        o, _ = chunk_delta_rule(x["q"], x["k"], x["v"], x["beta"], x["g"], initial_state=x["initial_state"])
+        o.float().square().sum().backward()
+        torch.cuda.synchronize()
+    assert sum(e.name == "_delta_h_kernel" for e in prof.events()) == state_passes
+
+
 def test_state_pass_tiles_and_output_follow_the_measured_rules() -> None:
     from kernels.delta_rule.chunk import deeper_pipeline, output_in_state_pass, state_block_v
 
