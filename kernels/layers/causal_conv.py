@@ -33,7 +33,8 @@ FORWARD_BLOCK_T, BACKWARD_BLOCK_T, BLOCK_C = 16, 64, 128
 def _load_full(x, state, i_b, rows, o_c, m_c, T, W, sx_b, sx_t, ss_b, ss_t, HAS_STATE: tl.constexpr):
     """Rows `rows` (x coordinates: -W..-1 are the state's, 0..T-1 x's, others zero) of full, float32 [BT, BC]."""
     in_x = (rows >= 0) & (rows < T)
-    out = tl.load(x + i_b * sx_b + rows[:, None] * sx_t + o_c[None, :], mask=in_x[:, None] & m_c[None, :], other=0)
+    offsets = i_b * sx_b + rows.to(tl.int64)[:, None] * sx_t + o_c[None, :]  # int64: T x C may pass 2**31
+    out = tl.load(x + offsets, mask=in_x[:, None] & m_c[None, :], other=0)
     out = out.to(tl.float32)
     if HAS_STATE:
         in_s = (rows < 0) & (rows >= -W)
