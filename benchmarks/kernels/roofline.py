@@ -32,8 +32,8 @@ def roofline_model(op: str, shape: Shape, chunk: int = CHUNK, sub_chunk: int = S
       2.5 x that backward (Q K^T recomputed, dV, dP, dQ, dK).
     The gate of lr_scalar and gated_delta adds g [B, T, H] fp32; gla's g is [B, T, H, K] fp32.
     `*_bytes_scheduled` is what our kernels move as scheduled (per-chunk states h, dh, GLA's scores A,
-    T written and read back, recomputation; since session 15 the delta rule's backward reads the h and U~ that its
-    forward wrote, where it wrote them, instead of running the state pass again), from the same READMEs; for the delta rule it depends on the
+    T written and read back, recomputation; since session 15 the backward reads the h (and the delta rule's U~) that
+    the forward wrote, where it wrote them, instead of running the state pass again), from the same READMEs; for the delta rule it depends on the
     kernels' launch choices, and so on `sms`, the GPU's multiprocessor count (None: the current GPU's, or an H100's).
     """
     B, T, H, D = shape.B, shape.T, shape.H, shape.D
@@ -66,9 +66,8 @@ def roofline_model(op: str, shape: Shape, chunk: int = CHUNK, sub_chunk: int = S
             state = k + v + gc + h  # read k, v, gamma; write h
             fwd_sched = (g + gc) + state + (q + k + gc + A) + (q + h + gc + A + v + o)  # cumsum, states, A, output
             model["fwd_bytes_scheduled"] = fwd_sched
-            model["fwdbwd_bytes_scheduled"] = fwd_sched + (
-                state  # h again
-                + q + v + gc + h  # reverse pass: read q, dO, gamma; write dh
+            model["fwdbwd_bytes_scheduled"] = fwd_sched + (  # h kept from the forward (since session 15)
+                q + v + gc + h  # reverse pass: read q, dO, gamma; write dh
                 + k + h + gc + A + v + v  # dv: read k, dh, gamma, A, dO; write dv
                 + q + k + 2 * v + gc + 2 * gc  # intra-chunk dq, dk: read q, k, v, dO, gamma; write two fp32 buffers
                 + q + k + 2 * v + gc + 2 * h + 2 * gc + q + k + g  # dq, dk, dg: read those, h, dh; write dq, dk, dg
@@ -77,8 +76,9 @@ def roofline_model(op: str, shape: Shape, chunk: int = CHUNK, sub_chunk: int = S
             h = chunks * K * V * e  # per-chunk states
             qkv = q + k + v
             model["fwd_bytes_scheduled"] = fwd_bytes + 2 * h  # h written and read
-            # h recomputed (write + read), dh (write + 2 reads), q, k, v, dO re-read by each pass
-            model["fwdbwd_bytes_scheduled"] = model["fwd_bytes_scheduled"] + bwd_bytes + 3 * h + 2 * h + 3 * qkv
+            # h read again (kept from the forward since session 15: no state pass reading k, v and writing h),
+            # dh (write + 2 reads), q, k, v, dO re-read by each pass
+            model["fwdbwd_bytes_scheduled"] = model["fwd_bytes_scheduled"] + bwd_bytes + 2 * h + 2 * h + 3 * qkv - k - v
     elif op in ("delta", "gated_delta"):
         beta = n * e
         fwd_bytes = q + k + v + beta + g + o

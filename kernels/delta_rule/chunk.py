@@ -41,7 +41,9 @@ from kernels.common.config import all_configs, configs
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
 from kernels.common.ops import call, eager_function, empty_for_none
 from kernels.delta_rule.wy import WY_CHOICES, _inverse_kernel, _wy_bwd_kernel
-from kernels.linear_recurrence.chunk import CHUNK_SIZE, DTYPES, MAX_HEAD_DIM, _block, _common, _tile_grid, check_inputs, head_dims_supported
+from kernels.linear_recurrence.chunk import (
+    CHUNK_SIZE, DTYPES, MAX_HEAD_DIM, _block, _common, _tile_grid, check_inputs, head_dims_supported, saved_chunks,
+)
 from kernels.linear_recurrence.passes import DQK_K_TILE, KEY, _bwd_dqk_kernel, _bwd_dv_kernel, _fwd_o_kernel
 
 # Config lists of the state passes, best first on the H100 at H16 D128 (session 13), one per launch kind (deeper: see
@@ -227,13 +229,6 @@ def output_in_state_pass(gated: bool, K: int, V: int, sequence_heads: int, multi
 def _chunk_grid(q: Tensor, layout: ChunkLayout) -> tuple[int, int]:
     B, _, H, _ = q.shape
     return (layout.n_chunks, (B if layout.cu_seqlens is None else 1) * H)
-
-
-def saved_chunks(batch: int, T: int, n_seqs: int, varlen: bool) -> int:
-    """Rows of the per-chunk T that the forward saves for the backward: known from shapes alone (the fake
-    implementation needs that), so exact without cu_seqlens and an upper bound with it:
-    sum(ceil(T_i / C)) <= T // C + N."""
-    return T // CHUNK_SIZE + n_seqs if varlen else batch * triton.cdiv(T, CHUNK_SIZE)
 
 
 def _inverse(k, beta, gc, layout, common):

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from kernels.common.chunks import ChunkLayout, chunk_layout
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
-from kernels.common.ops import call, eager_function
+from kernels.common.ops import call, eager_function, empty_for_none
 from kernels.linear_recurrence.passes import DQK_K_TILE, _bwd_dh_kernel, _bwd_dqk_kernel, _bwd_dv_kernel, _fwd_h_kernel, _fwd_o_kernel
 from kernels.linear_recurrence.vector_decay import SUB_CHUNK, _dqkg_kernel, _intra_grad_kernel, _intra_scores_kernel
 
@@ -62,13 +62,21 @@ def _gates(gc: Tensor | None) -> dict:
     return dict(USE_G=gc is not None, G_PER_K=gc is not None and gc.dim() == 4)
 
 
+def saved_chunks(batch: int, T: int, n_seqs: int, varlen: bool) -> int:
+    """Rows of the per-chunk tensors a forward saves for the backward (h; the delta rule's T): known from shapes alone
+    (the fake implementations need that), so exact without cu_seqlens and an upper bound with it:
+    sum(ceil(T_i / C)) <= T // C + N."""
+    return T // CHUNK_SIZE + n_seqs if varlen else batch * triton.cdiv(T, CHUNK_SIZE)
+
+
 def _state_pass(
     k: Tensor, v: Tensor, gc: Tensor | None, h0: Tensor | None, layout: ChunkLayout, output_final_state: bool
 ) -> tuple[Tensor, Tensor | None]:
-    """States entering every chunk [total_chunks, H, K, V] (input dtype) and the final states [N, H, K, V] (fp32)."""
-    _, T, H, K = k.shape
+    """States entering every chunk [saved_chunks >= total_chunks, H, K, V] (input dtype) and the final states
+    [N, H, K, V] (fp32)."""
+    B, T, H, K = k.shape
     V = v.shape[-1]
-    h = k.new_empty(layout.total_chunks, H, K, V)
+    h = k.new_empty(saved_chunks(B, T, layout.n_seqs, layout.cu_seqlens is not None), H, K, V)
     ht = k.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if output_final_state else None
     BK, BV = _block(K, 64), _block(V, 64)
     _fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), layout.n_seqs * H)](
@@ -89,7 +97,7 @@ def _intra_scores(q: Tensor, k: Tensor, gc: Tensor, layout: ChunkLayout) -> Tens
 
 
 def _forward(q, k, v, gc, scale, h0, layout, output_final_state):
-    """(o, final states or None, the per-channel decay's intra-chunk scores A or None)."""
+    """(o, final states or None, the per-channel decay's intra-chunk scores A or None, the chunks' states h)."""
     h, ht = _state_pass(k, v, gc, h0, layout, output_final_state)
     gates = _gates(gc)
     A = _intra_scores(q, k, gc, layout) if gates["G_PER_K"] else None
@@ -100,16 +108,17 @@ def _forward(q, k, v, gc, scale, h0, layout, output_final_state):
         q, k, v, gc, h, o, layout.cu_seqlens, layout.chunk_indices, q.shape[1], scale,
         BK=BK, BV=BV, A=A, **gates, **_common(q, v, layout),
     )
-    return o, ht, A
+    return o, ht, A, h
 
 
-def _backward(q, k, v, gc, scale, h0, layout, do, dht, need_dh0, A=None):
-    """A: the per-channel decay's scores saved by the forward (None: recomputed, like h)."""
+def _backward(q, k, v, gc, scale, h0, layout, do, dht, need_dh0, A=None, h=None):
+    """A, h: the per-channel decay's scores and the chunks' states saved by the forward (None: recomputed)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     common = _common(q, v, layout)
     gates = _gates(gc)
-    h, _ = _state_pass(k, v, gc, h0, layout, False)
+    if h is None:
+        h, _ = _state_pass(k, v, gc, h0, layout, False)
 
     dh = q.new_empty(layout.total_chunks, H, K, V)
     dh0 = q.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if need_dh0 else None
@@ -173,22 +182,19 @@ def _vector_decay_dqkg(q, k, v, gc, h, do, dh, scale, layout):
 def _linear_recurrence_forward(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, scale: float,
     initial_state: Tensor | None, output_final_state: bool, cu_seqlens: Tensor | None, save_for_backward: bool = False,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(o, final state, scores, gate cumsum), each of the last three an empty tensor when not returned: a custom op
-    cannot return None. With save_for_backward the backward's inputs come back: for a decay per key channel the
-    intra-chunk scores A (float32 [B, T, H, CHUNK_SIZE]), and for a float32 g its chunk-local cumsum gc (the size
-    of g, which the backward then needs no more: fla keeps g_cumsum the same way)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(o, final state, scores, gate cumsum, states), each of the last four an empty tensor when not returned: a custom
+    op cannot return None. With save_for_backward the backward's inputs come back: the chunks' states h ([saved_chunks,
+    H, K, V], input dtype: the backward then skips its state pass, 0.19 of the scalar decay's 1.91 ms at B8 T4096 H16
+    D128 on the H100), for a decay per key channel the intra-chunk scores A (float32 [B, T, H, CHUNK_SIZE]), and for a
+    float32 g its chunk-local cumsum gc (the size of g, which the backward then needs no more: fla keeps g_cumsum the
+    same way)."""
     layout = chunk_layout(q.shape[0], q.shape[1], CHUNK_SIZE, cu_seqlens)
     gc = None if g is None else chunk_local_cumsum(g, layout, CHUNK_SIZE, scale=LOG2E)
     h0 = None if initial_state is None else initial_state.float().contiguous()
-    o, ht, A = _forward(q, k, v, gc, scale, h0, layout, output_final_state)
-
-    def empty() -> Tensor:  # distinct empty tensors: outputs may not alias
-        return q.new_empty(0, dtype=torch.float32)
-
-    A = A if save_for_backward and A is not None else empty()
-    gc = gc if _saves_gate_cumsum(g, save_for_backward) else empty()
-    return o, empty() if ht is None else ht, A, gc
+    o, ht, A, h = _forward(q, k, v, gc, scale, h0, layout, output_final_state)
+    saved = (A, gc if _saves_gate_cumsum(g, save_for_backward) else None, h) if save_for_backward else (None, None, None)
+    return o, *empty_for_none(q.new_empty(0, dtype=torch.float32), ht, *saved)
 
 
 _linear_recurrence_op = torch.library.custom_op("seqmix::chunk_linear_recurrence", mutates_args=())(_linear_recurrence_forward)
@@ -205,26 +211,30 @@ def _saves_gate_cumsum(g: Tensor | None, save: bool) -> bool:
 
 @_linear_recurrence_op.register_fake
 def _(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, save_for_backward=False):
-    n = q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    shape = (n, q.shape[2], q.shape[3], v.shape[3]) if output_final_state else (0,)
+    B, T, H, K = q.shape
+    n = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    shape = (n, H, K, v.shape[3]) if output_final_state else (0,)
     scores = q.new_empty(_saved_scores_shape(q, g, save_for_backward), dtype=torch.float32)
     gc = torch.empty_like(g) if _saves_gate_cumsum(g, save_for_backward) else q.new_empty(0, dtype=torch.float32)
-    return torch.empty_like(v), q.new_empty(shape, dtype=torch.float32), scores, gc
+    h_shape = (saved_chunks(B, T, n, cu_seqlens is not None), H, K, v.shape[3])
+    h = q.new_empty(h_shape) if save_for_backward else q.new_empty(0, dtype=torch.float32)
+    return torch.empty_like(v), q.new_empty(shape, dtype=torch.float32), scores, gc, h
 
 
 def _linear_recurrence_backward_impl(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, scale: float, initial_state: Tensor | None,
     cu_seqlens: Tensor | None, do: Tensor, dht: Tensor | None, need_dg: bool, need_dh0: bool, saved_scores: Tensor | None = None,
-    g_is_cumsum: bool = False,
+    g_is_cumsum: bool = False, saved_h: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(dq, dk, dv, dg, dh0); dg and dh0 are empty tensors unless asked for. saved_scores: the forward's A (read
-    only), or None / an empty tensor to recompute it. g_is_cumsum: g is the forward's gc (float32), not the gates."""
+    """(dq, dk, dv, dg, dh0); dg and dh0 are empty tensors unless asked for. saved_scores, saved_h: the forward's A
+    and h (read only), or None / empty tensors to recompute them. g_is_cumsum: g is the forward's gc (float32), not
+    the gates."""
     layout = chunk_layout(q.shape[0], q.shape[1], CHUNK_SIZE, cu_seqlens)
     gc = g if g is None or g_is_cumsum else chunk_local_cumsum(g, layout, CHUNK_SIZE, scale=LOG2E)
     h0 = None if initial_state is None else initial_state.float().contiguous()
     dht = None if dht is None else dht.float().contiguous()
-    A = None if saved_scores is None or saved_scores.numel() == 0 else saved_scores
-    dq, dk, dv, dg, dh0 = _backward(q, k, v, gc, scale, h0, layout, do.contiguous(), dht, need_dh0, A)
+    A, h = (None if t is None or t.numel() == 0 else t for t in (saved_scores, saved_h))
+    dq, dk, dv, dg, dh0 = _backward(q, k, v, gc, scale, h0, layout, do.contiguous(), dht, need_dh0, A, h)
     dg = dg.to(g.dtype) if need_dg else q.new_empty(0)  # distinct empty tensors: outputs may not alias
     return dq, dk, dv, dg, dh0.to(initial_state.dtype) if need_dh0 else q.new_empty(0)
 
@@ -235,29 +245,29 @@ _linear_recurrence_backward_op = torch.library.custom_op("seqmix::chunk_linear_r
 
 
 @_linear_recurrence_backward_op.register_fake
-def _(q, k, v, g, scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0, saved_scores=None, g_is_cumsum=False):
+def _(q, k, v, g, scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0, saved_scores=None, g_is_cumsum=False, saved_h=None):
     grads = (torch.empty_like(x) for x in (q, k, v))
     return *grads, torch.empty_like(g) if need_dg else q.new_empty(0), torch.empty_like(initial_state) if need_dh0 else q.new_empty(0)
 
 
 def _setup_context(ctx, inputs, output) -> None:
     q, k, v, g, scale, initial_state, _, cu_seqlens, *_ = inputs
-    _, _, saved_scores, saved_gc = output
-    ctx.mark_non_differentiable(saved_scores, saved_gc)
+    _, _, saved_scores, saved_gc, saved_h = output
+    ctx.mark_non_differentiable(saved_scores, saved_gc, saved_h)
     ctx.set_materialize_grads(False)  # else autograd fills zero gradients of their sizes for the backward
     ctx.g_is_cumsum = saved_gc.numel() > 0
-    ctx.save_for_backward(q, k, v, saved_gc if ctx.g_is_cumsum else g, initial_state, cu_seqlens, saved_scores)
+    ctx.save_for_backward(q, k, v, saved_gc if ctx.g_is_cumsum else g, initial_state, cu_seqlens, saved_scores, saved_h)
     ctx.scale = scale
 
 
 def _linear_recurrence_backward(ctx, do, dht, *_, backward: Callable = _linear_recurrence_backward_op):
-    q, k, v, g, initial_state, cu_seqlens, saved_scores = ctx.saved_tensors
+    q, k, v, g, initial_state, cu_seqlens, saved_scores, saved_h = ctx.saved_tensors
     do = torch.zeros_like(v) if do is None else do
     dht = None if dht is None or dht.numel() == 0 else dht
     need_dg = g is not None and ctx.needs_input_grad[3]
     need_dh0 = initial_state is not None and ctx.needs_input_grad[5]
     dq, dk, dv, dg, dh0 = backward(
-        q, k, v, g, ctx.scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0, saved_scores, ctx.g_is_cumsum
+        q, k, v, g, ctx.scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0, saved_scores, ctx.g_is_cumsum, saved_h
     )
     return dq, dk, dv, dg if need_dg else None, None, dh0 if need_dh0 else None, None, None, None
 
@@ -295,11 +305,11 @@ def chunk_linear_recurrence(
     check_inputs(q, k, v, g, initial_state, cu_seqlens, per_channel_g=True)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     q, k, v = (x.contiguous() for x in (q, k, v))
-    # keep what the backward would recompute only when one will run: a decay per key channel's intra-chunk scores
-    # (C * 4 bytes per token and head: 134 MB at B = 8, T = 4096, H = 16; recomputed, about 0.4 ms on the H100 at
-    # that size) and a float32 g's chunk-local cumsum in place of g (0.18 ms there for a decay per key channel)
-    save = g is not None and torch.is_grad_enabled() and any(
-        x is not None and x.requires_grad for x in (q, k, v, g, initial_state))
+    # keep what the backward would recompute only when one will run: the chunks' states h (K V * 2 / C bytes per token
+    # and head: 268 MB at B = 8, T = 4096, H = 16, D = 128), a decay per key channel's intra-chunk scores (C * 4 bytes:
+    # 134 MB there; recomputed, about 0.4 ms on the H100 at that size) and a float32 g's chunk-local cumsum in place
+    # of g (0.18 ms there for a decay per key channel)
+    save = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, g, initial_state))
     o, final_state, *_ = call(_linear_recurrence_op, _LinearRecurrence, q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, save)
     return o, final_state if output_final_state else None
 

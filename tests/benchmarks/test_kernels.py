@@ -52,7 +52,8 @@ def test_roofline_model_matches_the_kernel_readmes():
     lr = roofline_model("lr_scalar", s)
     assert round(lr["fwd_flops"] / 1e9, 1) == 51.5 and round(lr["fwdbwd_flops"] / 1e9) == 198
     assert round(lr["fwd_bytes"] / 1e9, 2) == 0.54 and round(lr["fwdbwd_bytes"] / 1e9, 2) == 1.48
-    assert round(lr["fwd_bytes_scheduled"] / 1e9, 2) == 1.08 and round(lr["fwdbwd_bytes_scheduled"] / 1e9, 2) == 4.57
+    # since session 15 the backward reads the forward's h: no state pass (k, v read, h written: 0.54 GB less than 4.57)
+    assert round(lr["fwd_bytes_scheduled"] / 1e9, 2) == 1.08 and round(lr["fwdbwd_bytes_scheduled"] / 1e9, 2) == 4.03
     delta = roofline_model("gated_delta", s, sms=132)
     assert round(delta["fwd_flops"] / 1e9) == 86 and round(delta["fwdbwd_flops"] / 1e9) == 301
     assert round(delta["fwd_bytes"] / 1e9, 2) == 0.54 and round(delta["fwdbwd_bytes"] / 1e9, 2) == 1.49
@@ -74,9 +75,9 @@ def test_roofline_model_matches_the_kernel_readmes():
     assert gla["fwdbwd_flops"] - lr["fwdbwd_flops"] == chunks * 6 * 64 * 16 * 128
     assert gla["fwd_bytes"] - none["fwd_bytes"] == 8 * 4096 * 16 * 128 * 4
     # as scheduled since session 11 (the README's pass-by-pass count, MB: forward 536 + 804 + 670 + 1072, backward
-    # 804 + 804 + 1072 + 1340 + 2412)
+    # 804 + 804 + 1072 + 1340 + 2412), less the backward's state pass since session 15 (804: h kept from the forward)
     assert gla["fwd_bytes_scheduled"] == pytest.approx(3.082e9, rel=2e-3)
-    assert gla["fwdbwd_bytes_scheduled"] == pytest.approx(9.514e9, rel=2e-3)
+    assert gla["fwdbwd_bytes_scheduled"] == pytest.approx(8.710e9, rel=2e-3)
     # causal attention: 4 T (T + 1) / 2 D per (batch, head) forward, 2.5 x that backward
     att = roofline_model("attention", Shape(1, 4, 1, 2))
     assert att["fwd_flops"] == 4 * 10 * 2 and att["fwdbwd_flops"] == 80 + 200
