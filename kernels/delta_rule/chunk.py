@@ -37,7 +37,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.common.chunks import ChunkLayout, chunk_layout, chunk_rows, sequence_coords
-from kernels.common.config import all_configs, configs
+from kernels.common.config import all_configs, configs, keep_states
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
 from kernels.common.ops import call, eager_function, empty_for_none
 from kernels.delta_rule.wy import WY_CHOICES, _inverse_kernel, _wy_bwd_kernel
@@ -263,10 +263,10 @@ def _state_pass(k, v, beta, gc, Tm, h0, layout, output_final_state, common, q=No
     return (o, ht) if output else (h, v_new, ht)
 
 
-def _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state, save=False):
+def _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state, save=False, save_states=False):
     """(o, final states or None, T, h, U~). With save, what the backward then reads instead of recomputing it: T = (I +
-    A)^-1 per chunk, and h and U~ where the forward forms them (None where the output is computed in the state pass);
-    else None for all three."""
+    A)^-1 per chunk, and with save_states h and U~ where the forward forms them (None where the output is computed in
+    the state pass); else None for all three."""
     common = _common(q, v, layout)
     Tm = _inverse(k, beta, gc, layout, common)
     if output_in_state_pass(gc is not None, q.shape[-1], v.shape[-1], layout.n_seqs * q.shape[2], multiprocessors(q.device)):
@@ -282,7 +282,8 @@ def _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state, save=Fals
         q, k, v_new, gc, h, o, layout.cu_seqlens, layout.chunk_indices, q.shape[1], scale,
         BK=BK, BV=BV, USE_G=gc is not None, **common,
     )
-    return (o, ht, Tm, h, v_new) if save else (o, ht, None, None, None)
+    keep = save and save_states
+    return o, ht, Tm, h if keep else None, v_new if keep else None
 
 
 def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, dg_dtype=torch.float32, h=None, v_new=None):
@@ -342,16 +343,18 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, 
 def _delta_rule_forward(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None, scale: float,
     initial_state: Tensor | None, output_final_state: bool, cu_seqlens: Tensor | None, save_for_backward: bool = False,
+    save_states: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(o, final state, T, h, U~), each of the last four an empty tensor when not returned (a custom op cannot return
     None). With save_for_backward, what the backward then skips recomputing comes back: T = (I + A)^-1 per chunk
-    (float32 [saved_chunks, H, C, C]; the inversion is the expensive part of the WY kernel) and, where the forward
-    forms them (see saves_states), the chunks' states h ([saved_chunks, H, K, V]) and U~ (like v), in the input dtype:
-    the backward's state pass, 0.3 ms of Gated DeltaNet's 3.3 at B8 T4096 H16 D128 on the H100."""
+    (float32 [saved_chunks, H, C, C]; the inversion is the expensive part of the WY kernel) and, with save_states too
+    (kernels.common.config.keep_states) and where the forward forms them (saves_states), the chunks' states h
+    ([saved_chunks, H, K, V]) and U~ (like v), in the input dtype: the backward's state pass, 0.3 ms of Gated
+    DeltaNet's 3.3 at B8 T4096 H16 D128 on the H100."""
     layout = chunk_layout(q.shape[0], q.shape[1], CHUNK_SIZE, cu_seqlens)
     gc = None if g is None else chunk_local_cumsum(g, layout, CHUNK_SIZE, scale=LOG2E)
     h0 = None if initial_state is None else initial_state.float().contiguous()
-    o, *rest = _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state, save_for_backward)
+    o, *rest = _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state, save_for_backward, save_states)
     return o, *empty_for_none(q.new_empty(0, dtype=torch.float32), *rest)
 
 
@@ -365,7 +368,7 @@ def saves_states(gated: bool, K: int, V: int, sequence_heads: int, device: torch
 
 
 @_delta_rule_op.register_fake
-def _(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, save_for_backward=False):
+def _(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, save_for_backward=False, save_states=False):
     B, T, H, K = q.shape
     V = v.shape[3]
     n = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
@@ -375,7 +378,7 @@ def _(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, sa
     if not save_for_backward:
         return torch.empty_like(v), ht, empty.clone(), empty.clone(), empty.clone()
     Tm = q.new_empty((chunks, H, CHUNK_SIZE, CHUNK_SIZE), dtype=torch.float32)
-    if not saves_states(g is not None, K, V, n * H, q.device):
+    if not (save_states and saves_states(g is not None, K, V, n * H, q.device)):
         return torch.empty_like(v), ht, Tm, empty.clone(), empty.clone()
     return torch.empty_like(v), ht, Tm, q.new_empty((chunks, H, K, V)), torch.empty_like(v)
 
@@ -423,7 +426,7 @@ def _delta_rule_backward(ctx, do, dht, *_, backward: Callable = _delta_rule_back
     need_dg = g is not None and ctx.needs_input_grad[4]
     need_dh0 = initial_state is not None and ctx.needs_input_grad[6]
     dq, dk, dv, dbeta, dg, dh0 = backward(q, k, v, beta, g, ctx.scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0, *saved)
-    return dq, dk, dv, dbeta, dg if need_dg else None, None, dh0 if need_dh0 else None, None, None, None
+    return dq, dk, dv, dbeta, dg if need_dg else None, None, dh0 if need_dh0 else None, None, None, None, None
 
 
 torch.library.register_autograd(_delta_rule_op, _delta_rule_backward, setup_context=_setup_context)
@@ -462,9 +465,12 @@ def chunk_delta_rule(
     q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
     # keep T, h and U~ for the backward only when one will run (T: C * 4 bytes per token and head, h: K V * 2 / C, U~:
     # 2 V; at B = 8, T = 4096, H = 16, D = 128: 134 + 268 + 134 MB; without them the backward recomputes T, about
-    # 0.2 ms on the H100 at that size, and runs the state pass again, about 0.3 ms)
+    # 0.2 ms on the H100 at that size, and runs the state pass again, about 0.3 ms; SEQMIX_RECOMPUTE_STATES=1 keeps T only)
     save = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, beta, g, initial_state))
-    o, final_state, *_ = call(_delta_rule_op, _DeltaRule, q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, save)
+    o, final_state, *_ = call(
+        _delta_rule_op, _DeltaRule, q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, save,
+        save and keep_states(),
+    )
     return o, final_state if output_final_state else None
 
 

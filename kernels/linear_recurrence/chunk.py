@@ -24,6 +24,7 @@ import triton
 from torch import Tensor
 
 from kernels.common.chunks import ChunkLayout, chunk_layout
+from kernels.common.config import keep_states
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
 from kernels.common.ops import call, eager_function, empty_for_none
 from kernels.linear_recurrence.passes import DQK_K_TILE, _bwd_dh_kernel, _bwd_dqk_kernel, _bwd_dv_kernel, _fwd_h_kernel, _fwd_o_kernel
@@ -182,18 +183,21 @@ def _vector_decay_dqkg(q, k, v, gc, h, do, dh, scale, layout):
 def _linear_recurrence_forward(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, scale: float,
     initial_state: Tensor | None, output_final_state: bool, cu_seqlens: Tensor | None, save_for_backward: bool = False,
+    save_states: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(o, final state, scores, gate cumsum, states), each of the last four an empty tensor when not returned: a custom
-    op cannot return None. With save_for_backward the backward's inputs come back: the chunks' states h ([saved_chunks,
-    H, K, V], input dtype: the backward then skips its state pass, 0.19 of the scalar decay's 1.91 ms at B8 T4096 H16
-    D128 on the H100), for a decay per key channel the intra-chunk scores A (float32 [B, T, H, CHUNK_SIZE]), and for a
-    float32 g its chunk-local cumsum gc (the size of g, which the backward then needs no more: fla keeps g_cumsum the
-    same way)."""
+    op cannot return None. With save_for_backward the backward's inputs come back: with save_states too
+    (kernels.common.config.keep_states) the chunks' states h ([saved_chunks, H, K, V], input dtype: the backward then
+    skips its state pass, 0.19 of the scalar decay's 1.91 ms at B8 T4096 H16 D128 on the H100), for a decay per key
+    channel the intra-chunk scores A (float32 [B, T, H, CHUNK_SIZE]), and for a float32 g its chunk-local cumsum gc
+    (the size of g, which the backward then needs no more: fla keeps g_cumsum the same way)."""
     layout = chunk_layout(q.shape[0], q.shape[1], CHUNK_SIZE, cu_seqlens)
     gc = None if g is None else chunk_local_cumsum(g, layout, CHUNK_SIZE, scale=LOG2E)
     h0 = None if initial_state is None else initial_state.float().contiguous()
     o, ht, A, h = _forward(q, k, v, gc, scale, h0, layout, output_final_state)
-    saved = (A, gc if _saves_gate_cumsum(g, save_for_backward) else None, h) if save_for_backward else (None, None, None)
+    saved = (None,) * 3
+    if save_for_backward:
+        saved = (A, gc if _saves_gate_cumsum(g, save_for_backward) else None, h if save_states else None)
     return o, *empty_for_none(q.new_empty(0, dtype=torch.float32), ht, *saved)
 
 
@@ -210,14 +214,14 @@ def _saves_gate_cumsum(g: Tensor | None, save: bool) -> bool:
 
 
 @_linear_recurrence_op.register_fake
-def _(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, save_for_backward=False):
+def _(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, save_for_backward=False, save_states=False):
     B, T, H, K = q.shape
     n = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     shape = (n, H, K, v.shape[3]) if output_final_state else (0,)
     scores = q.new_empty(_saved_scores_shape(q, g, save_for_backward), dtype=torch.float32)
     gc = torch.empty_like(g) if _saves_gate_cumsum(g, save_for_backward) else q.new_empty(0, dtype=torch.float32)
     h_shape = (saved_chunks(B, T, n, cu_seqlens is not None), H, K, v.shape[3])
-    h = q.new_empty(h_shape) if save_for_backward else q.new_empty(0, dtype=torch.float32)
+    h = q.new_empty(h_shape) if save_for_backward and save_states else q.new_empty(0, dtype=torch.float32)
     return torch.empty_like(v), q.new_empty(shape, dtype=torch.float32), scores, gc, h
 
 
@@ -269,7 +273,7 @@ def _linear_recurrence_backward(ctx, do, dht, *_, backward: Callable = _linear_r
     dq, dk, dv, dg, dh0 = backward(
         q, k, v, g, ctx.scale, initial_state, cu_seqlens, do, dht, need_dg, need_dh0, saved_scores, ctx.g_is_cumsum, saved_h
     )
-    return dq, dk, dv, dg if need_dg else None, None, dh0 if need_dh0 else None, None, None, None
+    return dq, dk, dv, dg if need_dg else None, None, dh0 if need_dh0 else None, None, None, None, None
 
 
 torch.library.register_autograd(_linear_recurrence_op, _linear_recurrence_backward, setup_context=_setup_context)
@@ -306,11 +310,14 @@ def chunk_linear_recurrence(
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     q, k, v = (x.contiguous() for x in (q, k, v))
     # keep what the backward would recompute only when one will run: the chunks' states h (K V * 2 / C bytes per token
-    # and head: 268 MB at B = 8, T = 4096, H = 16, D = 128), a decay per key channel's intra-chunk scores (C * 4 bytes:
+    # and head: 268 MB at B = 8, T = 4096, H = 16, D = 128; unless SEQMIX_RECOMPUTE_STATES=1), a decay per key channel's intra-chunk scores (C * 4 bytes:
     # 134 MB there; recomputed, about 0.4 ms on the H100 at that size) and a float32 g's chunk-local cumsum in place
     # of g (0.18 ms there for a decay per key channel)
     save = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, g, initial_state))
-    o, final_state, *_ = call(_linear_recurrence_op, _LinearRecurrence, q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, save)
+    o, final_state, *_ = call(
+        _linear_recurrence_op, _LinearRecurrence, q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, save,
+        save and keep_states(),
+    )
     return o, final_state if output_final_state else None
 
 

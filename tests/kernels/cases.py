@@ -248,8 +248,10 @@ def compiled_vs_eager(op: str, device: str, gate: str = "scalar") -> Result:
     custom_op = getattr(torch.ops.seqmix, f"chunk_{op}").default
     leaves = [inputs[n].clone().requires_grad_() for n in positional + ["g", "initial_state"]]
     torch.library.opcheck(custom_op, [*leaves[:-1], 0.3, leaves[-1], True, None])
-    if op == DELTA:  # the forward also returning T for the backward (what chunk_delta_rule asks for under autograd)
-        torch.library.opcheck(custom_op, [*leaves[:-1], 0.3, leaves[-1], True, None, True])
+    # the forward also returning what the backward would recompute (T; the scores or g's cumsum), without and with the
+    # chunks' states (SEQMIX_RECOMPUTE_STATES=1 and the default)
+    torch.library.opcheck(custom_op, [*leaves[:-1], 0.3, leaves[-1], True, None, True, False])
+    torch.library.opcheck(custom_op, [*leaves[:-1], 0.3, leaves[-1], True, None, True, True])
     rng = torch.Generator(device="cpu").manual_seed(1)
     w_o = torch.randn(inputs["v"].shape, generator=rng).to(device)
 

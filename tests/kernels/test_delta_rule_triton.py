@@ -126,11 +126,14 @@ def test_gpu_step_replays_in_a_cuda_graph(op: str) -> None:
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize(("gate", "state_passes"), [("scalar", 1), ("none", 2)])
-def test_gpu_backward_reads_the_saved_states(gate: str, state_passes: int) -> None:
-    """Under autograd the gated forward keeps h and U~ and the backward runs no state pass of its own; DeltaNet with
-    its output in the state pass (FUSED_OUTPUT's shape) keeps none and runs it again."""
+@pytest.mark.parametrize(("gate", "recompute", "state_passes"), [("scalar", "0", 1), ("scalar", "1", 2), ("none", "0", 2)])
+def test_gpu_backward_reads_the_saved_states(gate: str, recompute: str, state_passes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under autograd the gated forward keeps h and U~ and the backward runs no state pass of its own, unless
+    SEQMIX_RECOMPUTE_STATES=1; DeltaNet with its output in the state pass (FUSED_OUTPUT's shape) keeps none and runs
+    it again."""
     from kernels.delta_rule import chunk_delta_rule
+
+    monkeypatch.setenv("SEQMIX_RECOMPUTE_STATES", recompute)
 
     case = Case(T=300, K=128, V=128, B=10, H=8, dtype=BF16, gate=gate, op=DELTA, seed=18)
     x = {n: t if t is None else t.requires_grad_() for n, t in make_inputs(case, "cuda").items()}
