@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 
@@ -274,6 +275,15 @@ def compiled_vs_eager(op: str, device: str, gate: str = "scalar") -> Result:
     first = _grad_retained(value, leaves)
     for name, x, ref in zip(names, _grad(value, leaves), first):
         result.errors[f"second-backward-d{name}"] = rel_rms(x, ref)
+    # SEQMIX_RECOMPUTE_STATES=1: the backward recomputes the chunks' states instead of reading the forward's, same gradients
+    os.environ["SEQMIX_RECOMPUTE_STATES"] = "1"
+    try:
+        leaves = {name: inputs[name].clone().requires_grad_() for name in names}
+        recomputed = _grad(loss(leaves), leaves)
+    finally:
+        del os.environ["SEQMIX_RECOMPUTE_STATES"]
+    for name, x, ref in zip(names, recomputed, first):
+        result.errors[f"recomputed-states-d{name}"] = rel_rms(x, ref)
     # the backward gets no zero-filled gradients for the outputs it saved (T; the scores and g's cumsum): counted
     # among the errors, so it must be 0 (autograd fills them unless the op turns materialize_grads off)
     value = loss({name: inputs[name].clone().requires_grad_() for name in names})
