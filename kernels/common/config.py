@@ -37,7 +37,8 @@ def keep_states() -> bool:
 def aligned_rows(x: Tensor) -> Tensor:
     """x (..., C) with a unit channel stride and every other stride a multiple of 16 elements, copied only when it
     has not: Triton specialises such strides and then loads 16 bytes at a time. A slice of a projection whose width is
-    no multiple of 16 (Gated DeltaNet's q, k, v of 772 columns) loads 2 bytes at a time otherwise: 2-3x slower."""
+    no multiple of 16 (Gated DeltaNet's q, k, v of 772 columns) loads 2 bytes at a time otherwise: a ShortConv forward +
+    backward took 1.19 ms from such a slice against 0.82 ms from a contiguous input (H100, session 15)."""
     if x.stride(-1) == 1 and all(s % 16 == 0 for s in x.stride()[:-1]):
         return x
     return x.contiguous()
