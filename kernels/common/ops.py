@@ -30,6 +30,30 @@ def call(op: Callable, function: type[torch.autograd.Function], *args):
     return op(*args) if torch.compiler.is_compiling() else function.apply(*args)
 
 
+def saved_inputs_autograd(tensors: int) -> tuple[Callable, Callable]:
+    """(setup_context, backward) of an op whose first `tensors` inputs are tensors (or None) and whose other inputs
+    are settings, with one output: the tensors are saved, the settings kept, and `backward(ctx, dy, grads=...)` calls
+    grads(*tensors, *settings, dy) for one gradient per tensor input (empty where the input was None), giving None
+    for the Nones and the settings. The layer ops' shared autograd formula, for their custom op (grads: the backward
+    custom op) and their Function (grads: its implementation)."""
+
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs[:tensors])
+        ctx.settings = inputs[tensors:]
+
+    def backward(ctx, dy, grads: Callable):
+        saved = ctx.saved_tensors
+        computed = grads(*saved, *ctx.settings, dy)
+        return *(None if t is None else g for t, g in zip(saved, computed)), *(None,) * len(ctx.settings)
+
+    return setup_context, backward
+
+
+def fake_grads(ref: torch.Tensor, *tensors: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """A backward custom op's fake outputs: an empty tensor shaped like each input, a 0-element one for each None."""
+    return empty_for_none(ref, *(None if t is None else t.new_empty(t.shape) for t in tensors))
+
+
 def empty_for_none(ref: torch.Tensor, *tensors: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
     """The tensors, each None replaced by a distinct empty tensor like `ref` (a custom op cannot return None, and its
     outputs may not alias)."""

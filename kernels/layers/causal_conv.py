@@ -16,7 +16,6 @@ at 64-row tiles, 0.36 ms. PyTorch's shifted sums: about 2.6 ms forward and backw
 
 
 import functools
-from collections.abc import Callable
 
 import torch
 import triton
@@ -24,7 +23,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.common.config import aligned_rows
-from kernels.common.ops import call, eager_function, empty_for_none
+from kernels.common.ops import call, eager_function, empty_for_none, fake_grads, saved_inputs_autograd
 
 # [time, channel] tiles per program. H100, speech app's 656 x 100 x 512 bf16 (session 15), forward / backward in us:
 # 68 / 518 at 16 rows, 75 / 455 at 32, 99 / 361 at 64.
@@ -194,23 +193,14 @@ def _causal_conv_backward_op(
 
 @_causal_conv_backward_op.register_fake
 def _(x, weight, bias, state, silu, dilation, dy):
-    return empty_for_none(x, *(None if t is None else t.new_empty(t.shape) for t in (x, weight, bias, state)))
+    return fake_grads(x, x, weight, bias, state)
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    x, weight, bias, state, silu, dilation = inputs
-    ctx.save_for_backward(x, weight, bias, state)
-    ctx.silu, ctx.dilation = silu, dilation
-
-
-def _backward(ctx, dy, backward: Callable = _causal_conv_backward_op):
-    x, weight, bias, state = ctx.saved_tensors
-    dx, dw, db, dstate = backward(x, weight, bias, state, ctx.silu, ctx.dilation, dy)
-    return dx, dw, None if bias is None else db, None if state is None else dstate, None, None
-
-
-torch.library.register_autograd(_causal_conv_op, _backward, setup_context=_setup_context)
-_CausalConv = eager_function("_CausalConv", causal_conv_forward, _setup_context, functools.partial(_backward, backward=causal_conv_backward))
+_setup_context, _backward = saved_inputs_autograd(tensors=4)
+torch.library.register_autograd(
+    _causal_conv_op, functools.partial(_backward, grads=_causal_conv_backward_op), setup_context=_setup_context
+)
+_CausalConv = eager_function("_CausalConv", causal_conv_forward, _setup_context, functools.partial(_backward, grads=causal_conv_backward))
 
 
 def causal_conv(

@@ -11,7 +11,6 @@ saved but the inputs) and writes per-tile partial sums of dw, summed in PyTorch 
 """
 
 import functools
-from collections.abc import Callable
 
 import torch
 import triton
@@ -19,7 +18,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.common.config import aligned_rows
-from kernels.common.ops import call, eager_function, empty_for_none
+from kernels.common.ops import call, eager_function, empty_for_none, fake_grads, saved_inputs_autograd
 
 TILE = 4096  # elements per program: rows = TILE // G (at least 1)
 MAX_GROUP = 16384  # the widest group one program holds
@@ -154,23 +153,12 @@ def _norm_backward_op(
 
 @_norm_backward_op.register_fake
 def _(x, weight, z, eps, group_size, norm_before_gate, dy):
-    return empty_for_none(x, *(None if t is None else t.new_empty(t.shape) for t in (x, weight, z)))
+    return fake_grads(x, x, weight, z)
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    x, weight, z, eps, group_size, norm_before_gate = inputs
-    ctx.save_for_backward(x, weight, z)
-    ctx.eps, ctx.group_size, ctx.norm_before_gate = eps, group_size, norm_before_gate
-
-
-def _backward(ctx, dy, backward: Callable = _norm_backward_op):
-    x, weight, z = ctx.saved_tensors
-    dx, dw, dz = backward(x, weight, z, ctx.eps, ctx.group_size, ctx.norm_before_gate, dy)
-    return dx, dw, None if z is None else dz, None, None, None
-
-
-torch.library.register_autograd(_norm_op, _backward, setup_context=_setup_context)
-_GatedRMSNorm = eager_function("_GatedRMSNorm", gated_rms_norm_forward, _setup_context, functools.partial(_backward, backward=gated_rms_norm_backward))
+_setup_context, _backward = saved_inputs_autograd(tensors=3)
+torch.library.register_autograd(_norm_op, functools.partial(_backward, grads=_norm_backward_op), setup_context=_setup_context)
+_GatedRMSNorm = eager_function("_GatedRMSNorm", gated_rms_norm_forward, _setup_context, functools.partial(_backward, grads=gated_rms_norm_backward))
 
 
 def gated_rms_norm(
