@@ -1,0 +1,130 @@
+"""CUDA graphs for the training steps of any app: the network's forward and backward replayed as two graphs.
+
+A training step of a small network on a fast GPU is often bound by the host, which launches hundreds of kernels per
+step (PyTorch's and the mixers' Triton kernels). Replaying a captured graph launches them all at once. Measured on an
+H100 (session 16, one B16 x 2 s step of the speech app's dual-path maskers, forward + backward + AdamW, bf16):
+Gated DeltaNet 53.2 -> 25.6 ms, Mamba-2 62.8 -> 31.5 ms, attention 30.6 -> 19.0 ms, Conv-TasNet 45.8 -> 37.4 ms.
+
+`CudaGraphs` (a Lightning callback, `callbacks.cuda_graphs.enabled=true`) routes the task's network (`pl_module.model`)
+through `GraphedForward`: the first training call is captured with `torch.cuda.make_graphed_callables` and later calls
+with the same input shapes replay it; anything else (evaluation, no_grad, other shapes such as a smaller last batch,
+keyword arguments) runs eagerly. The parameters stay where they are: checkpoints are unchanged.
+
+Requirements of the captured network, as for any CUDA graph: no host synchronisation in its forward or backward
+(`.item()`, data-dependent shapes), and outputs that the caller uses before the next training call (they are the
+graph's static buffers).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+
+def _signature(args: tuple[Any, ...]) -> tuple | None:
+    """What a graph depends on: each input's shape, dtype, device and requires_grad, and the autocast state;
+    None when an argument is not a CUDA tensor (such calls run eagerly)."""
+    if not args or not all(isinstance(a, Tensor) and a.is_cuda for a in args):
+        return None
+    autocast = torch.is_autocast_enabled("cuda")
+    return (
+        tuple((a.shape, a.dtype, a.device, a.requires_grad) for a in args),
+        autocast and torch.get_autocast_dtype("cuda"),
+    )
+
+
+class GraphedForward:
+    """A module's `forward` that replays a CUDA graph of it in training: installed as `module.forward` by `install`,
+    removed by `remove`.
+
+    The first call in training mode with gradients on and CUDA tensor arguments captures the forward and backward
+    (three warm-up passes first, which do not touch the parameters' .grad); calls with the same signature replay it.
+    Other calls run the module's own forward.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.graphed: Callable[..., Any] | None = None
+        self.signature: tuple | None = None
+        self.replays = 0
+        self.eager_training_calls = 0  # training calls that did not match the graph's signature
+
+    @classmethod
+    def install(cls, module: nn.Module) -> GraphedForward:
+        if "forward" in module.__dict__:
+            raise RuntimeError(f"{type(module).__name__}.forward is already replaced on this instance; remove that first")
+        graphed = cls(module)
+        module.forward = graphed
+        return graphed
+
+    def remove(self) -> None:
+        """Restores the module's own forward and drops the graphs (and the memory they hold)."""
+        if self.module.__dict__.get("forward") is self:
+            del self.module.forward
+        self.graphed = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        training = self.module.training and torch.is_grad_enabled()
+        signature = _signature(args) if training and not kwargs else None
+        if signature is not None and self.graphed is None:
+            self._capture(args, signature)
+        if signature is not None and signature == self.signature:
+            self.replays += 1
+            return self.graphed(*args)
+        self.eager_training_calls += training
+        return type(self.module).forward(self.module, *args, **kwargs)
+
+    def _capture(self, args: tuple[Tensor, ...], signature: tuple) -> None:
+        module = self.module
+        del module.forward  # make_graphed_callables captures the class's forward and replaces it on the instance
+        try:
+            # autocast as the caller has it, without its cast cache, which graphs cannot use
+            autocast_dtype = signature[1]
+            with torch.autocast("cuda", dtype=autocast_dtype or torch.float16, enabled=bool(autocast_dtype), cache_enabled=False):
+                torch.cuda.make_graphed_callables(module, tuple(args), allow_unused_input=True)
+        except Exception as error:
+            module.__dict__.pop("forward", None)
+            raise RuntimeError(
+                f"capturing {type(module).__name__} in a CUDA graph failed ({type(error).__name__}: {error}). Graphs need a "
+                "forward and backward without host synchronisation; train without them: callbacks.cuda_graphs.enabled=false"
+            ) from error
+        self.graphed = module.__dict__.pop("forward")
+        module.forward = self
+        self.signature = signature
+        shapes = ", ".join(str(tuple(a.shape)) for a in args)
+        log.info(f"CUDA graphs: captured {type(module).__name__}'s forward and backward for inputs {shapes}")
+
+
+class CudaGraphs(L.Callback):
+    """Replays the training steps' forward and backward of `pl_module.model` as CUDA graphs (see the module docstring).
+
+    Args:
+        enabled: off by default; on a machine without CUDA it warns and trains eagerly.
+    """
+
+    def __init__(self, enabled: bool = False) -> None:
+        self.enabled = enabled
+        self.graphed: GraphedForward | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled:
+            return
+        if pl_module.device.type != "cuda":
+            log.warning(f"callbacks.cuda_graphs.enabled=true needs a CUDA device; training on {pl_module.device.type} eagerly")
+            return
+        model = getattr(pl_module, "model", None)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{type(pl_module).__name__} has no network at .model for CUDA graphs to capture")
+        self.graphed = GraphedForward.install(model)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.graphed is not None:
+            log.info(f"CUDA graphs: {self.graphed.replays} training calls replayed, {self.graphed.eager_training_calls} eager")
+            self.graphed.remove()
+            self.graphed = None

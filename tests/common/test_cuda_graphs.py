@@ -1,0 +1,153 @@
+"""CUDA graphs for training steps (apps.common.cuda_graphs): the dispatch rules on CPU, real captures on the GPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import core
+from apps.common import cuda_graphs
+from apps.common.cuda_graphs import GraphedForward
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+class Net(nn.Module):
+    """A gated DeltaNet layer and a head: on CUDA its forward runs the Triton kernels."""
+
+    def __init__(self, dim: int = 64, mixer: str = "gated_deltanet") -> None:
+        super().__init__()
+        self.backbone = core.Backbone(dim, 2, layers=mixer)
+        self.head = nn.Linear(dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x)[0])
+
+
+def stub_capture(monkeypatch) -> list:
+    """make_graphed_callables replaced by a recorder that, like the real one, sets the instance's forward; and every
+    CPU tensor accepted as if it were a CUDA one. Tests the dispatch rules without a GPU."""
+    captured = []
+
+    def make_graphed_callables(module, sample_args, **kwargs):
+        captured.append(tuple(a.shape for a in sample_args))
+        original = module.forward
+
+        def replay(*args):
+            replay.calls += 1
+            return original(*args)
+
+        replay.calls = 0
+        module.forward = replay
+        return module
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", make_graphed_callables)
+    monkeypatch.setattr(cuda_graphs, "_signature", lambda args: (tuple((a.shape, a.dtype) for a in args), False))
+    return captured
+
+
+def test_the_first_training_call_is_captured_and_replayed_for_the_same_shapes_only(monkeypatch):
+    captured = stub_capture(monkeypatch)
+    torch.manual_seed(0)
+    net = Net(16, "gla")
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    graphed = GraphedForward.install(net)
+    x = torch.randn(2, 8, 16)
+    expected = type(net).forward(net, x)
+
+    torch.testing.assert_close(net(x), expected)  # captures, then replays
+    net(x)
+    assert captured == [(x.shape,)] and graphed.replays == 2 and graphed.graphed.calls == 2
+    net(x[:1])  # a smaller (last) batch
+    with torch.no_grad():
+        net(x)
+    net.eval()
+    net(x)
+    net.train()
+    assert graphed.replays == 2 and graphed.eager_training_calls == 1 and captured == [(x.shape,)]
+
+    assert net.state_dict().keys() == state.keys()  # checkpoints do not see the graphs
+    graphed.remove()
+    assert "forward" not in net.__dict__ and graphed.graphed is None
+    with pytest.raises(RuntimeError, match="already replaced"):
+        GraphedForward.install(net).install(net)
+
+
+def test_a_failed_capture_restores_the_module_and_says_how_to_train_without_graphs(monkeypatch):
+    monkeypatch.setattr(cuda_graphs, "_signature", lambda args: (tuple(a.shape for a in args), False))
+
+    def refuse(module, sample_args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", refuse)
+    net = nn.Linear(4, 4)
+    graphed = GraphedForward.install(net)
+    with pytest.raises(RuntimeError, match="callbacks.cuda_graphs.enabled=false"):
+        net(torch.randn(2, 4))
+    assert "forward" not in net.__dict__ and graphed.graphed is None
+
+
+def test_the_callback_trains_eagerly_without_cuda(tmp_path, capsys):
+    from apps.common.cli import QUIET, main
+    from apps.timeseries.__main__ import APP
+
+    overrides = ["model.d_model=16", "model.depth=1", "data.lookback=32", "data.horizon=8", "data.batch_size=4",
+                 "trainer.fast_dev_run=true", "trainer.accelerator=cpu", "callbacks.cuda_graphs.enabled=true", *QUIET]  # fmt: skip
+    metrics = main(APP, ["train", f"paths.runs={tmp_path}", *overrides])
+    assert torch.isfinite(torch.tensor(metrics["test/mse"]))
+    captured = capsys.readouterr()
+    assert "needs a CUDA device; training on cpu eagerly" in captured.out + captured.err  # Hydra's log handler
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("mixer", ["gated_deltanet", "mamba2", "attention"])
+def test_gpu_graphed_training_matches_eager_training(mixer):
+    """Five AdamW steps replayed from a graph against five eager ones from the same weights and batches (float32)."""
+    batches = [torch.randn(4, 96, 64, device="cuda") for _ in range(5)]
+    targets = [torch.randn(4, 96, 1, device="cuda") for _ in range(5)]
+
+    def train(graphs: bool):
+        torch.manual_seed(0)
+        net = Net(64, mixer).cuda()
+        optimizer = torch.optim.AdamW(net.parameters(), 1e-3)
+        graphed = GraphedForward.install(net) if graphs else None
+        losses = []
+        for x, y in zip(batches, targets):
+            loss = (net(x) - y).square().mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        return net, losses, graphed
+
+    eager_net, eager_losses, _ = train(False)
+    net, losses, graphed = train(True)
+    assert graphed.replays == 5 and graphed.eager_training_calls == 0
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(eager_losses), rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(net.named_parameters(), eager_net.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+
+    loss = (net(batches[0][:3]) - targets[0][:3]).square().mean()  # a smaller batch runs eagerly, with gradients
+    loss.backward()
+    assert graphed.eager_training_calls == 1 and all(p.grad is not None for p in net.parameters())
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net(batches[1]), type(net).forward(net, batches[1]))
+    assert graphed.replays == 5
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_speech_app_trains_with_graphs_under_bf16(tmp_path, capsys):
+    from apps.common.cli import QUIET, main
+    from apps.speech.__main__ import APP
+
+    overrides = ["data.train_voices=4", "data.val_voices=2", "data.test_voices=2", "data.utterances_per_voice=3",
+                 "data.segment_seconds=0.25", "data.train_mixtures=16", "data.val_mixtures=2", "data.test_mixtures=2",
+                 "data.batch_size=4", "trainer.max_epochs=1", "trainer=gpu", "model/mixer=gated_deltanet", "model.d_model=32",
+                 "model.num_blocks=1", "callbacks.cuda_graphs.enabled=true", f"data.cache_dir={tmp_path / 'cache'}", *QUIET]  # fmt: skip
+    metrics = main(APP, ["train", f"paths.runs={tmp_path}", *overrides])
+    assert torch.isfinite(torch.tensor(metrics["test/si_snri"]))
+    captured = capsys.readouterr()
+    assert "CUDA graphs: 4 training calls replayed, 0 eager" in captured.out + captured.err  # 16 mixtures in batches of 4
