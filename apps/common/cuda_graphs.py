@@ -2,8 +2,9 @@
 
 A training step of a small network on a fast GPU is often bound by the host, which launches hundreds of kernels per
 step (PyTorch's and the mixers' Triton kernels). Replaying a captured graph launches them all at once. Measured on an
-H100 (session 16, one B16 x 2 s step of the speech app's dual-path maskers, forward + backward + AdamW, bf16):
-Gated DeltaNet 53.2 -> 25.6 ms, Mamba-2 62.8 -> 31.5 ms, attention 30.6 -> 19.0 ms, Conv-TasNet 45.8 -> 37.4 ms.
+H100 (session 16, `python -m benchmarks.training_step`: one B16 x 2 s step of the speech app's separators, forward +
+backward + AdamW, bf16): Gated DeltaNet 81.4 -> 26.3 ms, Mamba-2 72.4 -> 32.2 ms, attention 39.5 -> 19.7 ms,
+Conv-TasNet 58.7 -> 37.6 ms.
 
 `CudaGraphs` (a Lightning callback, `callbacks.cuda_graphs.enabled=true`) routes the task's network (`pl_module.model`)
 through `GraphedForward`: the first training call is captured with `torch.cuda.make_graphed_callables` and later calls
