@@ -78,17 +78,20 @@ class GraphedForward:
         if signature is not None and signature == self.signature:
             self.replays += 1
             return self.graphed(*args)
-        self.eager_training_calls += training
+        self.eager_training_calls += int(training)
         return type(self.module).forward(self.module, *args, **kwargs)
 
     def _capture(self, args: tuple[Tensor, ...], signature: tuple) -> None:
         module = self.module
         del module.forward  # make_graphed_callables captures the class's forward and replaces it on the instance
+        # the graph's static inputs, which every replay copies into: fresh tensors, so that an expanded input (stride 0,
+        # such as timesteps broadcast over a batch) does not become a placeholder that cannot be written
+        samples = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
         try:
             # autocast as the caller has it, without its cast cache, which graphs cannot use
             autocast_dtype = signature[1]
-            with torch.autocast("cuda", dtype=autocast_dtype or torch.float16, enabled=bool(autocast_dtype), cache_enabled=False):
-                torch.cuda.make_graphed_callables(module, tuple(args), allow_unused_input=True)
+            with torch.autocast("cuda", dtype=autocast_dtype or None, enabled=bool(autocast_dtype), cache_enabled=False):
+                torch.cuda.make_graphed_callables(module, samples, allow_unused_input=True)
         except Exception as error:
             module.__dict__.pop("forward", None)
             raise RuntimeError(

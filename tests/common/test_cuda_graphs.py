@@ -1,6 +1,8 @@
 """CUDA graphs for training steps (apps.common.cuda_graphs): the dispatch rules on CPU, real captures on the GPU."""
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -13,7 +15,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 class Net(nn.Module):
-    """A gated DeltaNet layer and a head: on CUDA its forward runs the Triton kernels."""
+    """Two backbone layers of one mixer and a head: on CUDA the recurrent mixers run their Triton kernels."""
 
     def __init__(self, dim: int = 64, mixer: str = "gated_deltanet") -> None:
         super().__init__()
@@ -69,8 +71,9 @@ def test_the_first_training_call_is_captured_and_replayed_for_the_same_shapes_on
     assert net.state_dict().keys() == state.keys()  # checkpoints do not see the graphs
     graphed.remove()
     assert "forward" not in net.__dict__ and graphed.graphed is None
+    GraphedForward.install(net)
     with pytest.raises(RuntimeError, match="already replaced"):
-        GraphedForward.install(net).install(net)
+        GraphedForward.install(net)
 
 
 def test_a_failed_capture_restores_the_module_and_says_how_to_train_without_graphs(monkeypatch):
@@ -151,3 +154,67 @@ def test_gpu_speech_app_trains_with_graphs_under_bf16(tmp_path, capsys):
     assert torch.isfinite(torch.tensor(metrics["test/si_snri"]))
     captured = capsys.readouterr()
     assert "CUDA graphs: 4 training calls replayed, 0 eager" in captured.out + captured.err  # 16 mixtures in batches of 4
+
+
+APP_RUNS = {  # each app's tiny run (its tests' sizes), on the GPU with graphs
+    "timeseries": ["model.d_model=16", "model.depth=1", "data.lookback=48", "data.horizon=24", "data.batch_size=32",
+                   "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"],
+    "vision": ["model.embed_dim=32", "model.depth=2", "data.batch_size=32", "trainer.limit_train_batches=3",
+               "trainer.limit_val_batches=2", "trainer.limit_test_batches=3"],
+    "genomics": ["model.d_model=16", "model.depth=1", "data.batch_size=8", "data.train_batches=3", "data.val_windows=16",
+                 "data.test_windows=16"],
+}  # fmt: skip
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("app", list(APP_RUNS))
+def test_gpu_apps_train_with_graphs(app, tmp_path, capsys):
+    import importlib
+    import re
+
+    from apps.common.cli import QUIET, main
+
+    APP = importlib.import_module(f"apps.{app}.__main__").APP
+    overrides = [*APP_RUNS[app], "trainer.max_epochs=1", "trainer=gpu", "callbacks.cuda_graphs.enabled=true", *QUIET]
+    if app == "timeseries":  # a CSV of its own: the default weather data needs pvlib, which a GPU machine may lack
+        hours = pd.date_range("2020-01-01", periods=800, freq="h")
+        phase = np.arange(800) * 2 * np.pi / 24
+        pd.DataFrame({"date": hours, "a": np.sin(phase), "b": np.cos(phase), "c": np.sin(2 * phase)}).to_csv(tmp_path / "sines.csv", index=False)
+        overrides += ["data=csv", f"data.path={tmp_path / 'sines.csv'}"]
+    main(APP, ["train", f"paths.runs={tmp_path}", *overrides])
+    captured = capsys.readouterr()
+    replayed = re.search(r"CUDA graphs: (\d+) training calls replayed, (\d+) eager", captured.out + captured.err)
+    assert replayed and int(replayed[1]) >= 2 and int(replayed[2]) <= 1, captured.err[-2000:]  # 3 batches: the last may be smaller
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_decision_transformer_graphs_its_four_inputs():
+    """The RL app's network takes (returns, states, actions, timesteps): graphed steps against eager ones (no dropout)."""
+    from apps.rl.model import DecisionTransformer
+
+    g = torch.Generator("cuda").manual_seed(0)
+    inputs = [(torch.randn(8, 10, 1, device="cuda", generator=g), torch.randn(8, 10, 3, device="cuda", generator=g),
+               torch.rand(8, 10, 1, device="cuda", generator=g) * 4 - 2, torch.arange(10, device="cuda").expand(8, 10))
+              for _ in range(3)]  # fmt: skip
+
+    def train(graphs: bool):
+        torch.manual_seed(0)
+        net = DecisionTransformer(3, 1, [0.0] * 3, [1.0] * 3, [2.0], 100.0, 200, {"name": "gated_deltanet", "options": {}},
+                                  "gated_deltanet", d_model=64, depth=2, dropout=0.0).cuda()  # fmt: skip
+        optimizer = torch.optim.AdamW(net.parameters(), 1e-3)
+        graphed = GraphedForward.install(net) if graphs else None
+        losses = []
+        for returns, states, actions, timesteps in inputs:
+            loss = (net(returns, states, actions, timesteps) - actions).square().mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        return losses, graphed
+
+    eager_losses, _ = train(False)
+    losses, graphed = train(True)
+    assert graphed.replays == 3
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(eager_losses), rtol=1e-4, atol=1e-5)
