@@ -12,8 +12,8 @@ training nor validation used (ESPEAK_TEST; espeak-ng voices also when the traini
 `-- data.engines=[espeak,flite]`): mixtures of different speakers, and of two sentences of one speaker (HELD_OUT).
 The second tells a model that cannot separate one speaker from one that cannot separate real speech. The synthetic speech is
 synthesised once into a shared cache before the models start (one synthesiser per CPU core); the models
-then train in parallel processes (on one GPU: trainer=gpu and callbacks.cuda_graphs.enabled=true are added when CUDA
-is available; since session 16, the training steps are replayed as CUDA graphs). Prints the table
+then train in parallel processes (on one GPU: trainer=gpu is added when CUDA is available; since session 16 the
+training steps are replayed as CUDA graphs there, the apps' default). Prints the table
 and writes benchmarks/results/<out>.{json,md} with device, versions and date.
 On CPU use --parallel 1: four models at once on a 2-core, 23 GB machine ran Gated DeltaNet (the chunk form on CPU)
 out of memory in the smoke run above (session 9); the other three finished in 13 minutes.
@@ -174,8 +174,7 @@ def main() -> None:
     args.runs_dir = args.runs_dir.resolve() / f"speech_separation_{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
     args.runs_dir.mkdir(parents=True)
     cores = os.cpu_count() or 1
-    gpu = ["trainer=gpu", "callbacks.cuda_graphs.enabled=true"] if torch.cuda.is_available() else []
-    overrides = [f"data.cache_dir={cache_dir}", *gpu, *args.overrides]
+    overrides = [f"data.cache_dir={cache_dir}", *(["trainer=gpu"] if torch.cuda.is_available() else []), *args.overrides]
     data = compose_config(overrides).data
     overrides = [*step_budget(args.steps, args.minutes, data.train_mixtures // data.batch_size), *overrides]
     # the test recordings (LibriVox by default) are there: fail before any synthesis

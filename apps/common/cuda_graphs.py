@@ -6,7 +6,8 @@ H100 (session 16, `python -m benchmarks.training_step`: one B16 x 2 s step of th
 backward + AdamW, bf16): Gated DeltaNet 81.4 -> 26.3 ms, Mamba-2 72.4 -> 32.2 ms, attention 39.5 -> 19.7 ms,
 Conv-TasNet 58.7 -> 37.6 ms.
 
-`CudaGraphs` (a Lightning callback, `callbacks.cuda_graphs.enabled=true`) routes the task's network (`pl_module.model`)
+`CudaGraphs` (a Lightning callback of every app, on by default when training on one GPU: `callbacks.cuda_graphs.enabled`
+is auto, true or false) routes the task's network (`pl_module.model`)
 through `GraphedForward`: the first training call is captured with `torch.cuda.make_graphed_callables` and later calls
 with the same input shapes replay it; anything else (evaluation, no_grad, other shapes such as a smaller last batch,
 keyword arguments) runs eagerly. The parameters stay where they are: checkpoints are unchanged.
@@ -44,23 +45,26 @@ class GraphedForward:
     """A module's `forward` that replays a CUDA graph of it in training: installed as `module.forward` by `install`,
     removed by `remove`.
 
-    The first call in training mode with gradients on and CUDA tensor arguments captures the forward and backward
-    (three warm-up passes first, which do not touch the parameters' .grad); calls with the same signature replay it.
-    Other calls run the module's own forward.
+    The first call in training mode with gradients on, CUDA tensor arguments and no pending .grad captures the forward
+    and backward (three warm-up passes first, which do not touch the parameters' .grad); such calls with the same
+    signature replay it. Other calls run the module's own forward: with accumulate_grad_batches > 1 only a step's first
+    micro-batch is replayed.
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, strict: bool = True) -> None:
         self.module = module
+        self.strict = strict  # a failed capture raises; else it warns and every call runs eagerly
+        self.failed = False
         self.graphed: Callable[..., Any] | None = None
         self.signature: tuple | None = None
         self.replays = 0
-        self.eager_training_calls = 0  # training calls that did not match the graph's signature
+        self.eager_training_calls = 0  # training calls run eagerly
 
     @classmethod
-    def install(cls, module: nn.Module) -> GraphedForward:
+    def install(cls, module: nn.Module, strict: bool = True) -> GraphedForward:
         if "forward" in module.__dict__:
             raise RuntimeError(f"{type(module).__name__}.forward is already replaced on this instance; remove that first")
-        graphed = cls(module)
+        graphed = cls(module, strict)
         module.forward = graphed
         return graphed
 
@@ -72,8 +76,12 @@ class GraphedForward:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         training = self.module.training and torch.is_grad_enabled()
-        signature = _signature(args) if training and not kwargs else None
-        if signature is not None and self.graphed is None:
+        # Only while no gradient is pending: a replay's backward hands autograd its static gradient buffers, which
+        # .grad then keeps (it steals a fresh gradient) and the next replay overwrites, so gradients accumulated over
+        # two replays (accumulate_grad_batches > 1, zero_grad(set_to_none=False)) would come out wrong.
+        ready = training and not kwargs and all(p.grad is None for p in self.module.parameters())
+        signature = _signature(args) if ready else None
+        if signature is not None and self.graphed is None and not self.failed:
             self._capture(args, signature)
         if signature is not None and signature == self.signature:
             self.replays += 1
@@ -94,38 +102,48 @@ class GraphedForward:
                 torch.cuda.make_graphed_callables(module, samples, allow_unused_input=True)
         except Exception as error:
             module.__dict__.pop("forward", None)
-            raise RuntimeError(
-                f"capturing {type(module).__name__} in a CUDA graph failed ({type(error).__name__}: {error}). Graphs need a "
-                "forward and backward without host synchronisation; train without them: callbacks.cuda_graphs.enabled=false"
-            ) from error
-        self.graphed = module.__dict__.pop("forward")
+            failure = f"capturing {type(module).__name__} in a CUDA graph failed ({type(error).__name__}: {error})"
+            if self.strict:
+                raise RuntimeError(
+                    f"{failure}. Graphs need a forward and backward without host synchronisation; train without them: "
+                    "callbacks.cuda_graphs.enabled=false"
+                ) from error
+            log.warning(f"{failure}; training eagerly (graphs need a forward and backward without host synchronisation)")
+            self.failed = True
+        else:
+            self.graphed = module.__dict__.pop("forward")
+            self.signature = signature
+            shapes = ", ".join(str(tuple(a.shape)) for a in args)
+            log.info(f"CUDA graphs: captured {type(module).__name__}'s forward and backward for inputs {shapes}")
         module.forward = self
-        self.signature = signature
-        shapes = ", ".join(str(tuple(a.shape)) for a in args)
-        log.info(f"CUDA graphs: captured {type(module).__name__}'s forward and backward for inputs {shapes}")
 
 
 class CudaGraphs(L.Callback):
     """Replays the training steps' forward and backward of `pl_module.model` as CUDA graphs (see the module docstring).
 
     Args:
-        enabled: off by default; on a machine without CUDA it warns and trains eagerly.
+        enabled: "auto" (the default): when training on one CUDA device, and a network that cannot be captured trains
+            eagerly after a warning; True: whenever training on CUDA, and a failed capture is an error (on a machine
+            without CUDA, a warning and eager training); False: never.
     """
 
-    def __init__(self, enabled: bool = False) -> None:
+    def __init__(self, enabled: bool | str = "auto") -> None:
+        if enabled not in (True, False, "auto"):
+            raise ValueError(f"callbacks.cuda_graphs.enabled must be true, false or auto, got {enabled!r}")
         self.enabled = enabled
         self.graphed: GraphedForward | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled:
+        on_cuda = pl_module.device.type == "cuda"
+        if not self.enabled or (self.enabled == "auto" and not (on_cuda and trainer.world_size == 1)):
             return
-        if pl_module.device.type != "cuda":
+        if not on_cuda:
             log.warning(f"callbacks.cuda_graphs.enabled=true needs a CUDA device; training on {pl_module.device.type} eagerly")
             return
         model = getattr(pl_module, "model", None)
         if not isinstance(model, nn.Module):
             raise TypeError(f"{type(pl_module).__name__} has no network at .model for CUDA graphs to capture")
-        self.graphed = GraphedForward.install(model)
+        self.graphed = GraphedForward.install(model, strict=self.enabled is True)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.graphed is not None:

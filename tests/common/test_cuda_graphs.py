@@ -61,12 +61,15 @@ def test_the_first_training_call_is_captured_and_replayed_for_the_same_shapes_on
     net(x)
     assert captured == [(x.shape,)] and graphed.replays == 2 and graphed.graphed.calls == 2
     net(x[:1])  # a smaller (last) batch
+    net(x).sum().backward()  # replayed, then a gradient is pending: the next call accumulates eagerly
+    net(x)
+    net.zero_grad(set_to_none=True)
     with torch.no_grad():
         net(x)
     net.eval()
     net(x)
     net.train()
-    assert graphed.replays == 2 and graphed.eager_training_calls == 1 and captured == [(x.shape,)]
+    assert graphed.replays == 3 and graphed.eager_training_calls == 2 and captured == [(x.shape,)]
 
     assert net.state_dict().keys() == state.keys()  # checkpoints do not see the graphs
     graphed.remove()
@@ -88,6 +91,30 @@ def test_a_failed_capture_restores_the_module_and_says_how_to_train_without_grap
     with pytest.raises(RuntimeError, match="callbacks.cuda_graphs.enabled=false"):
         net(torch.randn(2, 4))
     assert "forward" not in net.__dict__ and graphed.graphed is None
+
+
+def test_a_failed_capture_outside_strict_mode_warns_and_trains_eagerly(monkeypatch, caplog):
+    monkeypatch.setattr(cuda_graphs, "_signature", lambda args: (tuple(a.shape for a in args), False))
+    attempts = []
+
+    def refuse(module, sample_args, **kwargs):
+        attempts.append(1)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", refuse)
+    net = nn.Linear(4, 4)
+    graphed = GraphedForward.install(net, strict=False)
+    x = torch.randn(2, 4)
+    with caplog.at_level("WARNING", logger=cuda_graphs.__name__):
+        torch.testing.assert_close(net(x), nn.Linear.forward(net, x))
+    net(x)
+    assert "training eagerly" in caplog.text and graphed.failed and attempts == [1]
+    assert graphed.replays == 0 and graphed.eager_training_calls == 2
+
+
+def test_enabled_takes_true_false_or_auto():
+    with pytest.raises(ValueError, match="must be true, false or auto, got 'yes'"):
+        cuda_graphs.CudaGraphs(enabled="yes")
 
 
 def test_the_callback_trains_eagerly_without_cuda(tmp_path, capsys):
@@ -131,13 +158,20 @@ def test_gpu_graphed_training_matches_eager_training(mixer):
     for (name, p), q in zip(net.named_parameters(), eager_net.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
 
+    for model in (net, eager_net):  # gradients accumulated over two batches: the second call runs eagerly
+        for x, y in zip(batches[:2], targets[:2]):
+            (model(x) - y).square().mean().backward()
+    assert graphed.replays == 6 and graphed.eager_training_calls == 1
+    for (name, p), q in zip(net.named_parameters(), eager_net.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+    net.zero_grad(set_to_none=True)
     loss = (net(batches[0][:3]) - targets[0][:3]).square().mean()  # a smaller batch runs eagerly, with gradients
     loss.backward()
-    assert graphed.eager_training_calls == 1 and all(p.grad is not None for p in net.parameters())
+    assert graphed.eager_training_calls == 2 and all(p.grad is not None for p in net.parameters())
     net.eval()
     with torch.no_grad():
         torch.testing.assert_close(net(batches[1]), type(net).forward(net, batches[1]))
-    assert graphed.replays == 5
+    assert graphed.replays == 6
 
 
 @pytest.mark.gpu
@@ -154,6 +188,36 @@ def test_gpu_speech_app_trains_with_graphs_under_bf16(tmp_path, capsys):
     assert torch.isfinite(torch.tensor(metrics["test/si_snri"]))
     captured = capsys.readouterr()
     assert "CUDA graphs: 4 training calls replayed, 0 eager" in captured.out + captured.err  # 16 mixtures in batches of 4
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_a_network_that_synchronises_with_the_host_trains_eagerly_or_fails_clearly():
+    class Syncing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.abs().max().item() > 1e6:  # a host synchronisation: allowed in warm-up, not in a capture
+                raise ValueError("too large")
+            return self.linear(x)
+
+    x = torch.randn(4, 8, device="cuda")
+    net = Syncing().cuda()
+    graphed = GraphedForward.install(net, strict=False)
+    y = net(x)
+    y.sum().backward()
+    assert graphed.failed and graphed.replays == 0 and net.linear.weight.grad is not None
+    torch.testing.assert_close(y, Syncing.forward(net, x))
+    net.zero_grad(set_to_none=True)
+    net(x).sum().backward()  # the GPU is still usable, eagerly
+    assert graphed.eager_training_calls == 2 and torch.isfinite(net.linear.weight.grad).all()
+
+    strict = Syncing().cuda()
+    GraphedForward.install(strict)
+    with pytest.raises(RuntimeError, match="callbacks.cuda_graphs.enabled=false"):
+        strict(x)
 
 
 APP_RUNS = {  # each app's tiny run (its tests' sizes), on the GPU with graphs
@@ -176,7 +240,7 @@ def test_gpu_apps_train_with_graphs(app, tmp_path, capsys):
     from apps.common.cli import QUIET, main
 
     APP = importlib.import_module(f"apps.{app}.__main__").APP
-    overrides = [*APP_RUNS[app], "trainer.max_epochs=1", "trainer=gpu", "callbacks.cuda_graphs.enabled=true", *QUIET]
+    overrides = [*APP_RUNS[app], "trainer.max_epochs=1", "trainer=gpu", *QUIET]  # graphs by default (auto) on one GPU
     if app == "timeseries":  # a CSV of its own: the default weather data needs pvlib, which a GPU machine may lack
         hours = pd.date_range("2020-01-01", periods=800, freq="h")
         phase = np.arange(800) * 2 * np.pi / 24
