@@ -41,14 +41,32 @@ def _signature(args: tuple[Any, ...]) -> tuple | None:
     )
 
 
+def _own_pending_gradients(parameters: list[nn.Parameter]) -> None:
+    """Copies every pending .grad into memory of its own (one multi-tensor copy), before a replay.
+
+    A replay's backward hands autograd its static gradient buffers, and a .grad that was None keeps such a buffer as
+    is (autograd takes over a fresh gradient). The next replay reuses that memory, already in its forward (the two
+    graphs share one memory pool), so a gradient still being accumulated (accumulate_grad_batches > 1,
+    zero_grad(set_to_none=False)) would be overwritten. Lightning sets .grad to None only after the forward, so this
+    copies the previous step's gradients once per step."""
+    pending = [p for p in parameters if p.grad is not None]
+    if pending:
+        for parameter, own in zip(pending, torch._foreach_mul([p.grad for p in pending], 1.0)):
+            parameter.grad = own
+
+
+def _generator(device: torch.device) -> torch.Generator:
+    """The default random generator of a CUDA device (the one dropout draws from)."""
+    return torch.cuda.default_generators[device.index]
+
+
 class GraphedForward:
     """A module's `forward` that replays a CUDA graph of it in training: installed as `module.forward` by `install`,
     removed by `remove`.
 
-    The first call in training mode with gradients on, CUDA tensor arguments and no pending .grad captures the forward
-    and backward (three warm-up passes first, which do not touch the parameters' .grad); such calls with the same
-    signature replay it. Other calls run the module's own forward: with accumulate_grad_batches > 1 only a step's first
-    micro-batch is replayed.
+    The first call in training mode with gradients on and CUDA tensor arguments captures the forward and backward
+    (three warm-up passes first, which do not touch the parameters' .grad); such calls with the same signature replay
+    it. Other calls run the module's own forward.
     """
 
     def __init__(self, module: nn.Module, strict: bool = True) -> None:
@@ -76,15 +94,12 @@ class GraphedForward:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         training = self.module.training and torch.is_grad_enabled()
-        # Only while no gradient is pending: a replay's backward hands autograd its static gradient buffers, which
-        # .grad then keeps (it steals a fresh gradient) and the next replay overwrites, so gradients accumulated over
-        # two replays (accumulate_grad_batches > 1, zero_grad(set_to_none=False)) would come out wrong.
-        ready = training and not kwargs and all(p.grad is None for p in self.module.parameters())
-        signature = _signature(args) if ready else None
+        signature = _signature(args) if training and not kwargs else None
         if signature is not None and self.graphed is None and not self.failed:
             self._capture(args, signature)
         if signature is not None and signature == self.signature:
             self.replays += 1
+            _own_pending_gradients(list(self.module.parameters()))
             return self.graphed(*args)
         self.eager_training_calls += int(training)
         return type(self.module).forward(self.module, *args, **kwargs)
@@ -95,12 +110,17 @@ class GraphedForward:
         # the graph's static inputs, which every replay copies into: fresh tensors, so that an expanded input (stride 0,
         # such as timesteps broadcast over a batch) does not become a placeholder that cannot be written
         samples = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
+        generator = _generator(args[0].device)
+        rng = generator.clone_state()
         try:
             # autocast as the caller has it, without its cast cache, which graphs cannot use
             autocast_dtype = signature[1]
             with torch.autocast("cuda", dtype=autocast_dtype or None, enabled=bool(autocast_dtype), cache_enabled=False):
                 torch.cuda.make_graphed_callables(module, samples, allow_unused_input=True)
         except Exception as error:
+            # a failed capture leaves the device's random generator in capture mode, where every later random op
+            # (dropout) fails with "Offset increment outside graph capture": give it back its state from before
+            generator.graphsafe_set_state(rng)
             module.__dict__.pop("forward", None)
             failure = f"capturing {type(module).__name__} in a CUDA graph failed ({type(error).__name__}: {error})"
             if self.strict:

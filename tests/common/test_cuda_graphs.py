@@ -26,6 +26,18 @@ class Net(nn.Module):
         return self.head(self.backbone(x)[0])
 
 
+class StubGenerator:
+    """Records whether a failed capture gave the generator back its state."""
+
+    restored = False
+
+    def clone_state(self):
+        return "state before the capture"
+
+    def graphsafe_set_state(self, state):
+        self.restored = state == "state before the capture"
+
+
 def stub_capture(monkeypatch) -> list:
     """make_graphed_callables replaced by a recorder that, like the real one, sets the instance's forward; and every
     CPU tensor accepted as if it were a CUDA one. Tests the dispatch rules without a GPU."""
@@ -45,6 +57,7 @@ def stub_capture(monkeypatch) -> list:
 
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", make_graphed_callables)
     monkeypatch.setattr(cuda_graphs, "_signature", lambda args: (tuple((a.shape, a.dtype) for a in args), False))
+    monkeypatch.setattr(cuda_graphs, "_generator", lambda device: StubGenerator())
     return captured
 
 
@@ -61,15 +74,12 @@ def test_the_first_training_call_is_captured_and_replayed_for_the_same_shapes_on
     net(x)
     assert captured == [(x.shape,)] and graphed.replays == 2 and graphed.graphed.calls == 2
     net(x[:1])  # a smaller (last) batch
-    net(x).sum().backward()  # replayed, then a gradient is pending: the next call accumulates eagerly
-    net(x)
-    net.zero_grad(set_to_none=True)
     with torch.no_grad():
         net(x)
     net.eval()
     net(x)
     net.train()
-    assert graphed.replays == 3 and graphed.eager_training_calls == 2 and captured == [(x.shape,)]
+    assert graphed.replays == 2 and graphed.eager_training_calls == 1 and captured == [(x.shape,)]
 
     assert net.state_dict().keys() == state.keys()  # checkpoints do not see the graphs
     graphed.remove()
@@ -81,6 +91,8 @@ def test_the_first_training_call_is_captured_and_replayed_for_the_same_shapes_on
 
 def test_a_failed_capture_restores_the_module_and_says_how_to_train_without_graphs(monkeypatch):
     monkeypatch.setattr(cuda_graphs, "_signature", lambda args: (tuple(a.shape for a in args), False))
+    generator = StubGenerator()
+    monkeypatch.setattr(cuda_graphs, "_generator", lambda device: generator)
 
     def refuse(module, sample_args, **kwargs):
         raise RuntimeError("operation not permitted when stream is capturing")
@@ -90,11 +102,13 @@ def test_a_failed_capture_restores_the_module_and_says_how_to_train_without_grap
     graphed = GraphedForward.install(net)
     with pytest.raises(RuntimeError, match="callbacks.cuda_graphs.enabled=false"):
         net(torch.randn(2, 4))
-    assert "forward" not in net.__dict__ and graphed.graphed is None
+    assert "forward" not in net.__dict__ and graphed.graphed is None and generator.restored
 
 
 def test_a_failed_capture_outside_strict_mode_warns_and_trains_eagerly(monkeypatch, caplog):
     monkeypatch.setattr(cuda_graphs, "_signature", lambda args: (tuple(a.shape for a in args), False))
+    generator = StubGenerator()
+    monkeypatch.setattr(cuda_graphs, "_generator", lambda device: generator)
     attempts = []
 
     def refuse(module, sample_args, **kwargs):
@@ -108,8 +122,32 @@ def test_a_failed_capture_outside_strict_mode_warns_and_trains_eagerly(monkeypat
     with caplog.at_level("WARNING", logger=cuda_graphs.__name__):
         torch.testing.assert_close(net(x), nn.Linear.forward(net, x))
     net(x)
-    assert "training eagerly" in caplog.text and graphed.failed and attempts == [1]
+    assert "training eagerly" in caplog.text and graphed.failed and attempts == [1] and generator.restored
     assert graphed.replays == 0 and graphed.eager_training_calls == 2
+
+
+def test_pending_gradients_get_their_own_memory_before_a_replay_overwrites_the_static_ones():
+    """A stand-in for a replay: it overwrites a static buffer (as a replay's forward may: both graphs share one memory
+    pool) and its backward hands autograd an alias of that buffer (as make_graphed_callables' does). Accumulated over
+    two calls, .grad must be the sum, not the last gradient twice."""
+    static = torch.zeros(3)
+
+    class Replay(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, weight):
+            static.fill_(-100.0)
+            return weight * 1
+
+        @staticmethod
+        def backward(ctx, grad):
+            static.copy_(grad)
+            return static.detach()
+
+    weight = nn.Parameter(torch.zeros(3))
+    for scale in (1.0, 2.0):
+        cuda_graphs._own_pending_gradients([weight])
+        (Replay.apply(weight) * scale).sum().backward()
+    torch.testing.assert_close(weight.grad, torch.full((3,), 3.0))
 
 
 def test_enabled_takes_true_false_or_auto():
@@ -158,20 +196,20 @@ def test_gpu_graphed_training_matches_eager_training(mixer):
     for (name, p), q in zip(net.named_parameters(), eager_net.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
 
-    for model in (net, eager_net):  # gradients accumulated over two batches: the second call runs eagerly
-        for x, y in zip(batches[:2], targets[:2]):
+    for model in (net, eager_net):  # gradients accumulated over three replays (accumulate_grad_batches=3)
+        for x, y in zip(batches[:3], targets[:3]):
             (model(x) - y).square().mean().backward()
-    assert graphed.replays == 6 and graphed.eager_training_calls == 1
+    assert graphed.replays == 8 and graphed.eager_training_calls == 0
     for (name, p), q in zip(net.named_parameters(), eager_net.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
     net.zero_grad(set_to_none=True)
     loss = (net(batches[0][:3]) - targets[0][:3]).square().mean()  # a smaller batch runs eagerly, with gradients
     loss.backward()
-    assert graphed.eager_training_calls == 2 and all(p.grad is not None for p in net.parameters())
+    assert graphed.eager_training_calls == 1 and all(p.grad is not None for p in net.parameters())
     net.eval()
     with torch.no_grad():
         torch.testing.assert_close(net(batches[1]), type(net).forward(net, batches[1]))
-    assert graphed.replays == 6
+    assert graphed.replays == 8
 
 
 @pytest.mark.gpu
@@ -197,22 +235,22 @@ def test_gpu_a_network_that_synchronises_with_the_host_trains_eagerly_or_fails_c
         def __init__(self) -> None:
             super().__init__()
             self.linear = nn.Linear(8, 8)
+            self.dropout = nn.Dropout(0.1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if x.abs().max().item() > 1e6:  # a host synchronisation: allowed in warm-up, not in a capture
                 raise ValueError("too large")
-            return self.linear(x)
+            return self.dropout(self.linear(x))
 
     x = torch.randn(4, 8, device="cuda")
     net = Syncing().cuda()
     graphed = GraphedForward.install(net, strict=False)
-    y = net(x)
-    y.sum().backward()
+    net(x).sum().backward()
     assert graphed.failed and graphed.replays == 0 and net.linear.weight.grad is not None
-    torch.testing.assert_close(y, Syncing.forward(net, x))
     net.zero_grad(set_to_none=True)
-    net(x).sum().backward()  # the GPU is still usable, eagerly
+    net(x).sum().backward()  # the GPU and its random generator (dropout) are still usable, eagerly
     assert graphed.eager_training_calls == 2 and torch.isfinite(net.linear.weight.grad).all()
+    torch.nn.functional.dropout(x, 0.5)
 
     strict = Syncing().cuda()
     GraphedForward.install(strict)
