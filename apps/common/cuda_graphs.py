@@ -6,15 +6,16 @@ H100 (session 16, `python -m benchmarks.training_step`: one B16 x 2 s step of th
 backward + AdamW, bf16): Gated DeltaNet 81.4 -> 26.3 ms, Mamba-2 72.4 -> 32.2 ms, attention 39.5 -> 19.7 ms,
 Conv-TasNet 58.7 -> 37.6 ms.
 
-`CudaGraphs` (a Lightning callback of every app, on by default when training on one GPU: `callbacks.cuda_graphs.enabled`
-is auto, true or false) routes the task's network (`pl_module.model`)
-through `GraphedForward`: the first training call is captured with `torch.cuda.make_graphed_callables` and later calls
-with the same input shapes replay it; anything else (evaluation, no_grad, other shapes such as a smaller last batch,
-keyword arguments) runs eagerly. The parameters stay where they are: checkpoints are unchanged.
+`CudaGraphs` (a Lightning callback of every app; `callbacks.cuda_graphs.enabled` is auto, the default: on when training
+on one GPU, or true, or false) routes the task's network (`pl_module.model`) through `GraphedForward`: the first
+training call is captured with `torch.cuda.make_graphed_callables` and later calls with the same input shapes replay
+it; anything else (evaluation, no_grad, other shapes such as a smaller last batch, keyword arguments) runs eagerly. The
+parameters stay where they are: checkpoints are unchanged.
 
-Requirements of the captured network, as for any CUDA graph: no host synchronisation in its forward or backward
-(`.item()`, data-dependent shapes), and outputs that the caller uses before the next training call (they are the
-graph's static buffers).
+What a graph needs, as any CUDA graph: a forward and backward without host synchronisation (`.item()`,
+data-dependent shapes); a network that has one trains eagerly after a warning (an error with `enabled=true`). And the
+network's outputs are the graph's static buffers: the caller uses them before the next training call, as a training
+step does.
 """
 from __future__ import annotations
 
