@@ -131,13 +131,14 @@ def _delta_h_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def _delta_dh_kernel(
-    q, k, beta, gc, Tm, do, dv_local, dh, du, dht, dh0, cu_seqlens, chunk_offsets, T, scale,
+    q, k, beta, gc, Tm, do, dv_local, dh, dx, dht, dh0, cu_seqlens, chunk_offsets, T, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     """In reverse chunk order, with dS the gradient of the state leaving chunk c (stored as dh[c]):
-    dU~ = dv_local + (K * exp(gamma_C - gamma)) dS (stored in the input dtype, summed in float32);
-    dS <- exp(gamma_C) dS + scale (Q * exp(gamma))^T dO - W^T dU~, with W^T dU~ = K^T Diag(beta exp(gamma)) T^T dU~.
+    dU~ = dv_local + (K * exp(gamma_C - gamma)) dS (summed in float32), dX = T^T dU~ (X = T^-1 U~ = Diag(beta)
+    (V - Diag(exp(gamma)) K h[c]): stored in the input dtype for _wy_bwd_kernel);
+    dS <- exp(gamma_C) dS + scale (Q * exp(gamma))^T dO - W^T dU~, with W^T dU~ = K^T Diag(beta exp(gamma)) dX.
     Always gated: without a gate the launch passes gamma = 0. Compiled without
     the gate's terms (session 13, Triton 3.6, H100) this pass gave wrong gradients and illegal memory accesses with
     32-wide V tiles and one pipeline stage, and two stages exceed the shared memory at K = 256; the gated variant
@@ -172,9 +173,10 @@ def _delta_dh_kernel(
         b_qt = (b_qt * (tl.exp2(b_g) * scale)[None, :]).to(b_qt.dtype)
         w_scale = tl.load(beta + base + r, mask=m_t, other=0).to(tl.float32) * tl.exp2(b_g)  # W = T Diag(w_scale) K
         b_du += tl.dot(b_k, b_dh.to(b_k.dtype), input_precision=DOT_PREC)
-        tl.store(du + base * V + (r[:, None] * V + o_v[None, :]), b_du.to(du.dtype.element_ty), mask=m_tv)
+        b_dx = _dot_t(b_Tt, b_du, b_kt.dtype, DOT_PREC)
+        tl.store(dx + base * V + (r[:, None] * V + o_v[None, :]), b_dx.to(dx.dtype.element_ty), mask=m_tv)
+        b_y = b_dx * w_scale[:, None]
         b_dh = b_dh * tl.exp2(b_g_last) + tl.dot(b_qt, b_do, input_precision=DOT_PREC)
-        b_y = _dot_t(b_Tt, b_du, b_kt.dtype, DOT_PREC) * w_scale[:, None]
         b_dh -= tl.dot(b_kt, b_y.to(b_kt.dtype), input_precision=DOT_PREC)
     if STORE_DH0:
         tl.store(dh0 + i_nh.to(tl.int64) * K * V + o_kv, b_dh, mask=m_kv)
@@ -303,12 +305,12 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, 
     )
 
     dh = q.new_empty(layout.total_chunks, H, K, V)
-    du = torch.empty_like(dv_local)
+    dx = torch.empty_like(dv_local)  # dX = T^T dU~
     dh0 = q.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if need_dh0 else None
     BV = state_block_v(K, V, layout.n_seqs * H, multiprocessors(q.device))
     gc_dh = gc if use_g else q.new_zeros(B, T, H, dtype=torch.float32)  # the reverse pass always runs gated
     _delta_dh[deeper_pipeline(K, BV)][(triton.cdiv(V, BV), layout.n_seqs * H)](
-        q, k, beta, gc_dh, Tm, do, dv_local, dh, du, dht, dh0, layout.cu_seqlens, layout.chunk_offsets, T, scale,
+        q, k, beta, gc_dh, Tm, do, dv_local, dh, dx, dht, dh0, layout.cu_seqlens, layout.chunk_offsets, T, scale,
         BK=_block(K, MAX_HEAD_DIM), BV=BV, USE_DHT=dht is not None, STORE_DH0=need_dh0, **common,
     )
     del dv_local
@@ -322,16 +324,14 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, 
         q, k, v_new, gc, h, do, dh, dq, dk_acc, dg_lr, layout.cu_seqlens, layout.chunk_indices, T, scale, B * T * H,
         BK=BK, BV=BV, USE_G=use_g, **common,
     )
-    del v_new, dh
+    del dh
 
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     dbeta = torch.empty_like(beta)
     dg = q.new_empty(B, T, H, dtype=dg_dtype) if use_g else None
-    scratch = torch.empty_like(Tm)  # for B^T inside _wy_bwd_kernel (allocated after dh and v_new are freed)
     _wy_bwd_kernel[_chunk_grid(q, layout)](
-        k, v, beta, gc, Tm, scratch, h, du, dk_acc, dk, dv, dbeta, dg_lr, dg,
-        layout.cu_seqlens, layout.chunk_indices, T, B * T * H,
-        BK=_block(K, 64), BV=_block(V, 64), USE_G=use_g, NK_LR=NK, **common,
+        k, v, beta, gc, h, v_new, dx, dk_acc, dk, dv, dbeta, dg_lr, dg, layout.cu_seqlens, layout.chunk_indices, T,
+        B * T * H, BK=_block(K, 64), BV=_block(V, 64), USE_G=use_g, NK_LR=NK, **common,
     )
     return dq, dk, dv, dbeta, dg, dh0
 

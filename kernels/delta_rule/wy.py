@@ -2,8 +2,8 @@
 
 Per chunk: A = strict_lower(Diag(beta) (K K^T * Gamma)), T = (I + A)^-1 (`_inverse_kernel`: the four diagonal
 16 x 16 blocks by doubling, the rest by block substitution); the state passes in chunk.py apply T in place of
-W = T Diag(beta) (K * exp(gamma)) and U = T Diag(beta) V. `_wy_bwd_kernel` takes the gradients of W and U back to K, V,
-beta and gamma. Launched from chunk.py.
+W = T Diag(beta) (K * exp(gamma)) and U = T Diag(beta) V. `_wy_bwd_kernel` takes the gradients of X (see chunk.py) and A
+back to K, V, beta and gamma. Launched from chunk.py.
 """
 
 import triton
@@ -127,90 +127,47 @@ def _inverse_kernel(
     _invert_unit_lower_64(p_T, BT, DOT_PREC)
 
 
-@triton.jit
-def _wy_dw(du, p_h, base, r, m_t, o_k, m_k, V, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT_PREC: tl.constexpr):
-    """dW = -dU~ h[c]^T for the K tile o_k of one chunk: [BT, BK] float32 (p_h: this chunk's h, [K, V]), both
-    operands in the input dtype."""
-    b_dw = tl.zeros([BT, BK], dtype=tl.float32)
-    for i_v in range(0, (V + BV - 1) // BV):
-        o_v = i_v * BV + tl.arange(0, BV)
-        b_du = tl.load(du + base * V + (r[:, None] * V + o_v[None, :]), mask=m_t[:, None] & (o_v[None, :] < V), other=0)
-        b_ht = tl.load(p_h + o_k[None, :] * V + o_v[:, None], mask=(o_v[:, None] < V) & m_k[None, :], other=0)  # [BV, BK]
-        b_dw -= tl.dot(b_du, b_ht, input_precision=DOT_PREC)
-    return b_dw
-
-
 @triton.autotune(configs=configs(WY_CHOICES), key=KEY + ["NK_LR"])
 @triton.jit(do_not_specialize=["T", "n_rows"])
 def _wy_bwd_kernel(
-    k, v, beta, gc, Tm, scratch, h, du, dk_acc, dk, dv, dbeta, dg_lr, dg, cu_seqlens, chunk_indices, T, n_rows,
+    k, v, beta, gc, h, v_new, dx, dk_acc, dk, dv, dbeta, dg_lr, dg, cu_seqlens, chunk_indices, T, n_rows,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_G: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, NK_LR: tl.constexpr,
 ):
-    """Gradients through T, W = T Kb and U = T Vb (Kb = K * beta exp(gamma), Vb = V * beta), given
-    dU = dU~ and dW = -dU~ h[c]^T: dKb = T^T dW, dVb = T^T dU, dT = dW Kb^T + dU Vb^T,
-    dA = -T^T dT T^T (strictly lower part). dk = dk_acc (the linear recurrence's part) + the rest (its part through W,
-    dKb * beta exp(gamma), stored into dk in dk's dtype by the first K loop and completed by the last);
-    dg = this chunk's share, reverse-summed over the chunk like the linear recurrence's, plus the
-    linear recurrence's NK_LR per-K-tile shares dg_lr [NK_LR, n_rows], written in dg's dtype.
-    T and dk_acc are only read (T may be the forward's saved copy); B^T goes through this chunk's slot of
-    `scratch` (same shape as Tm).
+    """Gradients through X = Diag(beta) (V - Diag(exp(gamma)) K h[c]) and A = strict_lower(Diag(beta) (K K^T * Gamma)),
+    where U~ = T X and T = (I + A)^-1, given dX = T^T dU~ (dx, from the reverse pass): dV = beta dX; dT = dU~ X^T, so
+    dA = -T^T dT T^T = -dX (T X)^T = -dX U~^T, without T; with P = dX h[c]^T and B = dA * Gamma * beta_row,
+    dK = dk_acc (the linear recurrence's part) - beta exp(gamma) P + (B + B^T) K,
+    dbeta = rowsum(dX * V) - exp(gamma) rowsum(P * K) + rowsum(dA * Gamma * K K^T),
+    d(gamma) = -beta exp(gamma) rowsum(P * K) + rowsum(M) - colsum(M) with M = dA * A, reverse-summed over the chunk
+    like the linear recurrence's, plus its NK_LR per-K-tile shares dg_lr [NK_LR, n_rows]; written in dbeta's and dg's
+    dtypes. dA^T = -U~ dX^T is a dot of its own: no dot result is transposed (see README.md, Hopper).
     """
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     bos, T, i_t, i_c = chunk_coords(i_t, i_b, T, cu_seqlens, chunk_indices, BT, IS_VARLEN)
     o_t, m_t, base, r = chunk_rows(bos, i_t, T, i_h, H, BT)
     o_c = tl.arange(0, BT)
-    p_T = Tm + (i_c * H + i_h) * BT * BT
-    p_S = scratch + (i_c * H + i_h) * BT * BT
     p_h = h + (i_c * H + i_h) * K * V
-    # Every dot takes operands in the input dtype: T, dW, dT, dA and B rounded to it, as fla's WY backward does. At B8
-    # T4096 H16 D128 on the H100 (session 11) float32 (tf32) operands took 4.10 / 5.06 ms for DeltaNet / Gated
-    # DeltaNet forward + backward, 16-bit ones 3.63 / 4.46 ms; gradient errors 4.6e-3 -> 4.8e-3 (DeltaNet), 3.4e-3
-    # (gated, unchanged); fla's DeltaNet 5.6e-3.
-    dt = k.dtype.element_ty
-    b_Tt = tl.load(p_T + (o_c[None, :] * BT + o_c[:, None])).to(dt)  # [BT, BT], T transposed
     b_beta = tl.load(beta + base + r, mask=m_t, other=0).to(tl.float32)
-    e_g = tl.full([BT], 1.0, dtype=tl.float32)
-    if USE_G:
-        b_g = tl.load(gc + base + r, mask=m_t, other=0)
-        e_g = tl.exp2(b_g)
-    k_scale = b_beta * e_g
-    b_dT = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dA = tl.zeros([BT, BT], dtype=tl.float32)  # b_dA[r, j] = -dx_r . u_j
+    b_dAt = tl.zeros([BT, BT], dtype=tl.float32)  # b_dAt[j, r] = -u_j . dx_r
     b_dbeta = tl.zeros([BT], dtype=tl.float32)
-    b_dgam = tl.zeros([BT], dtype=tl.float32)
-    # plain `range` loops, not unrolled: unrolled, the tiles' live values spill 408 B per thread on sm_90 at D = 128
-    # (144 B like this; H100 fwd+bwd -5 % for the gated delta rule)
+    # plain `range` loops, not unrolled: unrolled, the tiles' live values spilled (session 7)
     for i_v in range(0, (V + BV - 1) // BV):
         o_v = i_v * BV + tl.arange(0, BV)
         m_tv = m_t[:, None] & (o_v[None, :] < V)
-        b_du = tl.load(du + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0)  # [BT, BV]
+        m_vt = (o_v[:, None] < V) & m_t[None, :]
+        b_dx = tl.load(dx + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0)  # [BT, BV]
+        b_u = tl.load(v_new + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0)  # [BT, BV]
+        b_dxt = tl.load(dx + base * V + (r[None, :] * V + o_v[:, None]), mask=m_vt, other=0)  # [BV, BT]
+        b_ut = tl.load(v_new + base * V + (r[None, :] * V + o_v[:, None]), mask=m_vt, other=0)  # [BV, BT]
+        b_dA -= tl.dot(b_dx, b_ut, input_precision=DOT_PREC)
+        b_dAt -= tl.dot(b_u, b_dxt, input_precision=DOT_PREC)
+        b_dx = b_dx.to(tl.float32)
         b_v = tl.load(v + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0).to(tl.float32)
-        b_vt = tl.load(v + base * V + (r[None, :] * V + o_v[:, None]), mask=(o_v[:, None] < V) & m_t[None, :], other=0)
-        b_dT += tl.dot(b_du, b_vt, input_precision=DOT_PREC) * b_beta[None, :]  # dU Vb^T: beta after the dot
-        b_dvb = tl.dot(b_Tt, b_du, input_precision=DOT_PREC)
-        b_dbeta += tl.sum(b_dvb * b_v, 1)
-        tl.store(dv + base * V + (r[:, None] * V + o_v[None, :]), (b_dvb * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_tv)
-    for i_k in range(0, (K + BK - 1) // BK):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < K
-        b_dw = _wy_dw(du, p_h, base, r, m_t, o_k, m_k, V, BT, BK, BV, DOT_PREC)
-        b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)
-        b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)
-        b_dT += tl.dot(b_dw.to(dt), b_kt, input_precision=DOT_PREC) * k_scale[None, :]
-        b_dkb = tl.dot(b_Tt, b_dw.to(dt), input_precision=DOT_PREC)
-        b_kdkb = tl.sum(b_dkb * b_k.to(tl.float32), 1)
-        b_dbeta += b_kdkb * e_g
-        b_dgam += b_kdkb * k_scale
-        # dK's part through W, in dk's dtype, read back by the last loop (by other threads: after the barrier below).
-        # Until session 12 that loop recomputed dW and dKb instead: H100 B8 T4096 H16 D128, this kernel 0.70 -> 0.65 ms
-        # for DeltaNet, 0.77 -> 0.73 ms gated, DeltaNet's dk error 4.7e-3 -> 4.8e-3. (K K^T accumulated in this loop
-        # from the same tiles spilled 96 bytes per thread gated: 0.77 ms.)
-        tl.store(dk + base * K + (r[:, None] * K + o_k[None, :]), (b_dkb * k_scale[:, None]).to(dk.dtype.element_ty), mask=m_t[:, None] & m_k[None, :])
-    # dA = -T^T (dT T^T), then through A = strict_lower(beta_r (k_r . k_j) Gamma_rj)
-    b_dA = tl.dot(b_dT.to(dt), b_Tt, input_precision=DOT_PREC)
-    b_dA = -tl.dot(b_Tt, b_dA.to(dt), input_precision=DOT_PREC)
-    strict = (o_c[:, None] > o_c[None, :]) & m_t[:, None] & m_t[None, :]  # padded rows have gamma 0
+        b_dbeta += tl.sum(b_dx * b_v, 1)
+        tl.store(dv + base * V + (r[:, None] * V + o_v[None, :]), (b_dx * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_tv)
     b_kk = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in range(0, (K + BK - 1) // BK):
         o_k = i_k * BK + tl.arange(0, BK)
@@ -218,30 +175,41 @@ def _wy_bwd_kernel(
         b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_t[:, None] & m_k[None, :], other=0)
         b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)
         b_kk += tl.dot(b_k, b_kt, input_precision=DOT_PREC)
+    strict = (o_c[:, None] > o_c[None, :]) & m_t[:, None] & m_t[None, :]  # padded rows have gamma 0
+    strict_t = (o_c[:, None] < o_c[None, :]) & m_t[:, None] & m_t[None, :]
+    e_g = tl.full([BT], 1.0, dtype=tl.float32)
     if USE_G:
-        b_gam = tl.exp2(tl.where(strict, b_g[:, None] - b_g[None, :], float("-inf")))
+        b_g = tl.load(gc + base + r, mask=m_t, other=0)
+        e_g = tl.exp2(b_g)
+        b_dA *= tl.exp2(tl.where(strict, b_g[:, None] - b_g[None, :], float("-inf")))  # dA * Gamma
+        b_dAt *= tl.exp2(tl.where(strict_t, b_g[None, :] - b_g[:, None], float("-inf")))  # (dA * Gamma)^T
     else:
-        b_gam = strict.to(tl.float32)
-    b_dA = tl.where(strict, b_dA, 0) * b_gam  # dA * Gamma
+        b_dA = tl.where(strict, b_dA, 0)
+        b_dAt = tl.where(strict_t, b_dAt, 0)
     b_G = b_dA * b_kk  # d(loss)/d(A_rj) * A_rj / beta_r
     b_dbeta += tl.sum(b_G, 1)
     if USE_G:
         b_M = b_G * b_beta[:, None]
-        b_dgam += tl.sum(b_M, 1) - tl.sum(b_M, 0)
-    b_B = b_dA * b_beta[:, None]  # dk = dk + B K + B^T K
-    # B^T by a round trip through memory (this chunk's scratch slot), not by transposing in registers
-    tl.store(p_S + (o_c[:, None] * BT + o_c[None, :]), b_B)
-    tl.debug_barrier()  # B and the dk parts, written by other threads of this program, are read below
-    b_Bt = tl.load(p_S + (o_c[None, :] * BT + o_c[:, None])).to(dt)
-    b_B = b_B.to(dt)
+        b_dgam = tl.sum(b_M, 1) - tl.sum(b_M, 0)
+    b_B = (b_dA * b_beta[:, None] + b_dAt * b_beta[None, :]).to(k.dtype.element_ty)  # B + B^T
+    k_scale = b_beta * e_g
     for i_k in range(0, (K + BK - 1) // BK):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         m_tk = m_t[:, None] & m_k[None, :]
+        b_p = tl.zeros([BT, BK], dtype=tl.float32)  # P = dX h[c]^T, this K tile
+        for i_v in range(0, (V + BV - 1) // BV):
+            o_v = i_v * BV + tl.arange(0, BV)
+            b_dx = tl.load(dx + base * V + (r[:, None] * V + o_v[None, :]), mask=m_t[:, None] & (o_v[None, :] < V), other=0)
+            b_ht = tl.load(p_h + o_k[None, :] * V + o_v[:, None], mask=(o_v[:, None] < V) & m_k[None, :], other=0)  # [BV, BK]
+            b_p += tl.dot(b_dx, b_ht, input_precision=DOT_PREC)
         b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0)
+        b_pk = tl.sum(b_p * b_k.to(tl.float32), 1)
+        b_dbeta -= b_pk * e_g
+        if USE_G:
+            b_dgam -= b_pk * k_scale
         b_dk = tl.load(dk_acc + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0).to(tl.float32)
-        b_dk += tl.load(dk + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0).to(tl.float32)
-        b_dk += tl.dot(b_B, b_k, input_precision=DOT_PREC) + tl.dot(b_Bt, b_k, input_precision=DOT_PREC)
+        b_dk += tl.dot(b_B, b_k, input_precision=DOT_PREC) - b_p * k_scale[:, None]
         tl.store(dk + base * K + (r[:, None] * K + o_k[None, :]), b_dk.to(dk.dtype.element_ty), mask=m_tk)
     tl.store(dbeta + base + r, b_dbeta.to(dbeta.dtype.element_ty), mask=m_t)
     if USE_G:
