@@ -99,10 +99,10 @@ def roofline_model(op: str, shape: Shape, chunk: int = CHUNK, sub_chunk: int = S
         bwd_sched = (
             (state_in + h + v if fused else 0)  # the state pass again (from the saved T) where the forward kept no h, U~
             + q + k + v + v  # chunk-local dU~: read q, k, dO; write it
-            + q + k + gb + tm + v + v + h + v  # reverse pass: read q, k, beta, g, T, dO, local dU~; write dh, dU~
+            + q + k + gb + tm + v + v + h + v  # reverse pass: read q, k, beta, g, T, dO, local dU~; write dh, dX
             + q + k + 2 * v + 2 * h + q + k + dg_tiles  # dQ/dK/dg: read q, k, U~, dO, h, dh; write dq, dk's part, dg's parts
-            + 2 * k + v + gb + tm + h + v + k + dg_tiles + 2 * tm + 2 * k + k + v + gb  # WY backward: B^T through a
-            # scratch buffer, dK's part through W through dk
+            + 2 * k + v + gb + v + v + h + k + dg_tiles + k + v + gb  # WY backward: read k (twice), v, beta, g, U~,
+            # dX, h, dk's part, dg's parts; write dk, dv, dbeta, dg
         )
         model["fwd_bytes_scheduled"] = fwd_sched
         model["fwdbwd_bytes_scheduled"] = fwd_sched + bwd_sched
