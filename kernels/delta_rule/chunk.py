@@ -13,8 +13,8 @@ Forward: chunk-local cumsum of g, `_inverse_kernel` (T), `_delta_h_kernel` (h an
 over chunks), the linear recurrence's output kernel (or, see output_in_state_pass, the output in the state pass);
 under autograd the op also returns T for the backward, and h and U~ where it formed them. Backward: the state pass
 again only where h and U~ were not saved (from the saved T; T is recomputed only when none was saved), the linear
-recurrence's chunk-local dV, `_delta_dh_kernel` (dh and dU~,
-reverse), the linear recurrence's dQ/dK/dg kernel, then `_wy_bwd_kernel` (dK, dV, dbeta, dg through T, W and U).
+recurrence's chunk-local dV, `_delta_dh_kernel` (dh and dX = T^T dU~,
+reverse), the linear recurrence's dQ/dK/dg kernel, then `_wy_bwd_kernel` (dK, dV, dbeta, dg through X and T).
 
 Every dot takes 16-bit operands for 16-bit inputs, as fla's (T, float32, enters as a 16-bit head and tail: _dot_t).
 Until session 12 the ungated passes kept float32 recurrent operands, against the compounding of bf16 rounding in
