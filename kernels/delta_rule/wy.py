@@ -141,7 +141,8 @@ def _wy_bwd_kernel(
     dbeta = rowsum(dX * V) - exp(gamma) rowsum(P * K) + rowsum(dA * Gamma * K K^T),
     d(gamma) = -beta exp(gamma) rowsum(P * K) + rowsum(M) - colsum(M) with M = dA * A, reverse-summed over the chunk
     like the linear recurrence's, plus its NK_LR per-K-tile shares dg_lr [NK_LR, n_rows]; written in dbeta's and dg's
-    dtypes. dA^T = -U~ dX^T is a dot of its own: no dot result is transposed (see README.md, Hopper).
+    dtypes. dA^T = -U~ dX^T is a dot of its own: no dot result is transposed (see README.md, Hopper). Every dot takes
+    16-bit operands for 16-bit inputs (B + B^T rounded to the input dtype), as fla's WY backward.
     """
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
