@@ -267,17 +267,10 @@ def _bwd_dqk_kernel(
         v_scale = tl.full([BT], 1.0, dtype=tl.float32)
     b_q = tl.load(q + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0)  # [BT, BK]
     b_k = tl.load(k + base * K + (r[:, None] * K + o_k[None, :]), mask=m_tk, other=0)  # [BT, BK]
-    if USE_G:
-        # d(loss)/d(gamma_r) from the scores, in fp32: M = dP * A with A = scale Q K^T * Gamma (this
-        # K tile's share), entering row r positively and column r negatively
-        b_kt = tl.load(k + base * K + (r[None, :] * K + o_k[:, None]), mask=m_k[:, None] & m_t[None, :], other=0)
-        b_M = b_dA * tl.dot(b_q, b_kt, input_precision=DOT_PREC) * scale
-        b_dg = tl.sum(b_M, axis=1) - tl.sum(b_M, axis=0)
     b_dq = tl.dot(tl.where(causal, b_dA * scale, 0).to(b_k.dtype), b_k, input_precision=DOT_PREC)
     b_dk = tl.dot(tl.where(anticausal, b_dAt * scale, 0).to(b_q.dtype), b_q, input_precision=DOT_PREC)
     if USE_G:
-        b_qdq = tl.sum(b_q.to(tl.float32) * b_dq, axis=1)  # the score parts, subtracted below
-        b_kdk = tl.sum(b_k.to(tl.float32) * b_dk, axis=1)
+        b_kdk_scores = tl.sum(b_k.to(tl.float32) * b_dk, axis=1)  # k . dk's score part, kept out of the last row's term
         b_hdh = tl.zeros([1], dtype=tl.float32)
 
     for i_v in tl.static_range(0, (V + BV - 1) // BV):
@@ -295,12 +288,13 @@ def _bwd_dqk_kernel(
     tl.store(dq + base * K + (r[:, None] * K + o_k[None, :]), b_dq.to(dq.dtype.element_ty), mask=m_tk)
     tl.store(dk + base * K + (r[:, None] * K + o_k[None, :]), b_dk.to(dk.dtype.element_ty), mask=m_tk)
     if USE_G:
-        # state parts: the read of h[c] (q . dq) and the writes to the next state (- k . dk) per row,
-        # and at the chunk's last row the chunk's total decay of h[c] and of every write
-        b_qdq = tl.sum(b_q.to(tl.float32) * b_dq, axis=1) - b_qdq
-        b_kdk = tl.sum(b_k.to(tl.float32) * b_dk, axis=1) - b_kdk
-        b_dg += b_qdq - b_kdk
-        b_dg_last = tl.sum(b_hdh) * tl.exp2(b_g_last) + tl.sum(b_kdk)
+        # d(loss)/d(gamma_r) = q_r . dq_r - k_r . dk_r: the scores' part (rowsum(M) - colsum(M) with M = dA * A,
+        # A = scale Q K^T * Gamma, is q . dq's score part - k . dk's), the read of h[c] (q . dq's state part) and the
+        # writes to the next state (- k . dk's state part); at the chunk's last row the chunk's total decay of h[c]
+        # and of every write
+        b_kdk = tl.sum(b_k.to(tl.float32) * b_dk, axis=1)
+        b_dg = tl.sum(b_q.to(tl.float32) * b_dq, axis=1) - b_kdk
+        b_dg_last = tl.sum(b_hdh) * tl.exp2(b_g_last) + tl.sum(b_kdk - b_kdk_scores)
         b_dg += tl.where(o_t == last, b_dg_last, 0)
         b_dg = tl.cumsum(b_dg, axis=0, reverse=True)  # gamma is a chunk-local cumsum of g
         tl.store(dg + (i_k.to(tl.int64) * n_rows + base) + r, b_dg, mask=m_t)
