@@ -40,7 +40,7 @@ from kernels.common.chunks import ChunkLayout, chunk_layout, chunk_rows, sequenc
 from kernels.common.config import all_configs, configs, keep_states
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
 from kernels.common.ops import call, eager_function, empty_for_none
-from kernels.delta_rule.wy import WY_CHOICES, _inverse_kernel, _wy_bwd_kernel
+from kernels.delta_rule.wy import INVERSE_CHOICES, WY_CHOICES, _inverse_kernel, _wy_bwd_kernel
 from kernels.linear_recurrence.chunk import (
     CHUNK_SIZE, DTYPES, MAX_HEAD_DIM, _block, _common, _tile_grid, check_inputs, head_dims_supported, saved_chunks,
 )
@@ -188,7 +188,7 @@ _delta_h = {deeper: triton.autotune(configs=configs(c), key=STATE_KEY)(_delta_h_
 _delta_dh = {deeper: triton.autotune(configs=configs(c), key=DH_KEY)(_delta_dh_kernel) for deeper, c in DH_CHOICES.items()}
 
 AUTOTUNED = {  # the kernels of this file with all their config choices (the GPU tests try each one)
-    _inverse_kernel: WY_CHOICES,
+    _inverse_kernel: INVERSE_CHOICES,
     _wy_bwd_kernel: WY_CHOICES,
     **{_delta_h[deeper]: c for deeper, c in STATE_CHOICES.items()},
     **{_delta_dh[deeper]: c for deeper, c in DH_CHOICES.items()},
