@@ -76,16 +76,25 @@ def espeak_test(overrides: list[str], test: str = "espeak") -> list[str]:
 
 def presynthesize(overrides: list[str], workers: int) -> None:
     """Fill the speech cache once for every voice the runs use (they would otherwise all synthesise): the training
-    and validation voices of the runs' engines, then the held-out espeak-ng test voices."""
+    and validation voices of the runs' engines, the training voices' f0-siblings if asked for, then the held-out
+    espeak-ng test voices."""
     train, test = compose_config(overrides).data, compose_config(espeak_test(overrides)).data
     voices = train.train_voices + train.val_voices
     for data, indices in ((train, range(voices)), (test, range(voices, voices + test.test_voices))):
         synthesize_into_cache(indices, data.utterances_per_voice, data.sample_rate, data.cache_dir, workers, data.engines)
+    if train.same_speaker_f0_shift:
+        for sibling in range(1, train.num_speakers):
+            synthesize_into_cache(
+                range(train.train_voices), train.utterances_per_voice, train.sample_rate, train.cache_dir, workers,
+                train.engines, sibling, train.same_speaker_f0_shift,
+            )  # fmt: skip
 
 
 def training_data(data: DictConfig) -> str:
     """What the models train on, in words: the voices' engines, the segment, the share of same-speaker mixtures, passages."""
     same = f", {data.same_speaker_fraction:.0%} of them same-speaker" if data.same_speaker_fraction else ""
+    if data.get("same_speaker_f0_shift"):
+        same += f" (f0-siblings, shift {data.same_speaker_f0_shift:g})"
     passages = ", sources read on sentence after sentence" if data.get("passages") else ""
     return f"{' + '.join(data.engines)} dynamic mixtures of {data.segment_seconds:g} s{same}{passages}"
 

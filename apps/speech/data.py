@@ -40,23 +40,25 @@ def check_utterances_per_speaker(speakers: Speakers, count: int, user: str) -> N
 
 class DynamicMixtures(Dataset):
     """`length` new random mixtures per pass (see `mixing.draw_mixture`), each `segment` samples long; a fraction
-    `same_speaker_fraction` of them mixes different utterances of one speaker. With `pause` (samples, min and max)
-    every source is a passage of its speaker's utterances with pauses of that length between them."""
+    `same_speaker_fraction` of them mixes different utterances of one speaker (source n reading them from
+    `same_speaker_voices[n]`, if given: e.g. f0-siblings). With `pause` (samples, min and max) every source is a passage
+    of its speaker's utterances with pauses of that length between them."""
 
     def __init__(
         self, speakers: Speakers, num_speakers: int, segment: int, gain_db: float, length: int, same_speaker_fraction: float = 0.0,
-        pause: tuple[int, int] | None = None,
+        pause: tuple[int, int] | None = None, same_speaker_voices: Sequence[Speakers] | None = None,
     ) -> None:  # fmt: skip
         self.speakers, self.num_speakers, self.segment, self.gain_db, self.length = speakers, num_speakers, segment, gain_db, length
-        self.same_speaker_fraction, self.pause = same_speaker_fraction, pause
+        self.same_speaker_fraction, self.pause, self.same_speaker_voices = same_speaker_fraction, pause, same_speaker_voices
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, str]:
         mixture = draw_mixture(
-            self.speakers, self.num_speakers, self.segment, self.gain_db, fresh(), self.same_speaker_fraction, self.pause
-        )
+            self.speakers, self.num_speakers, self.segment, self.gain_db, fresh(), self.same_speaker_fraction, self.pause,
+            self.same_speaker_voices,
+        )  # fmt: skip
         return *mixture, f"dynamic{index}"
 
 
@@ -120,6 +122,9 @@ class SeparationDataModule(L.LightningDataModule):
         utterances_per_voice: sentences each synthetic voice reads (at most 50).
         same_speaker_fraction: fraction of the training mixtures (dynamic mixing: espeak or folder) made of
             different utterances of one speaker; validation and test mixtures are unchanged.
+        same_speaker_f0_shift: S > 0: source n of a same-speaker training mixture of synthetic voices is read by
+            f0-sibling n of the speaker (`tts.sibling_voice`: sibling 0 is the speaker, sibling n its voice with f0
+            scaled by f, |ln f| in [ln(1 + S/2), ln(1 + S)]), so that the sources differ in pitch but not in timbre.
         passages: every source of a training mixture (dynamic mixing) is a passage: its speaker's utterances in a
             random order with pauses of PAUSE_SECONDS between them, enough to fill the segment (else one utterance,
             cropped or placed in silence), so that both speakers talk throughout, as in whole-utterance test mixtures.
@@ -146,6 +151,7 @@ class SeparationDataModule(L.LightningDataModule):
         engines: Sequence[str] = ("espeak",),
         utterances_per_voice: int = 20,
         same_speaker_fraction: float = 0.0,
+        same_speaker_f0_shift: float = 0.0,
         passages: bool = False,
         test_same_speaker: bool = False,
         train_mixtures: int = 400,
@@ -174,6 +180,12 @@ class SeparationDataModule(L.LightningDataModule):
                 f"data.same_speaker_fraction={same_speaker_fraction} must be in [0, 1] and needs dynamic mixing "
                 f"(data.train=espeak or folder, not {train})"
             )
+        if same_speaker_f0_shift < 0 or (same_speaker_f0_shift and (not same_speaker_fraction or train != "espeak")):
+            raise ValueError(
+                f"data.same_speaker_f0_shift={same_speaker_f0_shift} must be >= 0 and needs same-speaker mixtures of "
+                f"synthetic voices: set data.same_speaker_fraction > 0 (now {same_speaker_fraction}) and data.train=espeak "
+                f"(now {train}), or data.same_speaker_f0_shift=0"
+            )
         if test_same_speaker and test in LAYOUTS:
             raise ValueError(f"data.test_same_speaker needs speakers to mix (data.test=espeak or folder, not {test})")
         if passages and train in LAYOUTS:
@@ -184,18 +196,20 @@ class SeparationDataModule(L.LightningDataModule):
         self.gain_db, self.mode = gain_db, mode
         self.voices = {"train": train_voices, "val": val_voices, "test": test_voices}
         self.engines, self.utterances_per_voice, self.same_speaker_fraction = tuple(engines), utterances_per_voice, same_speaker_fraction
-        self.test_same_speaker = test_same_speaker
+        self.same_speaker_f0_shift, self.test_same_speaker = same_speaker_f0_shift, test_same_speaker
         self.pause = tuple(round(seconds * sample_rate) for seconds in PAUSE_SECONDS) if passages else None
         self.sizes = {"train": train_mixtures, "val": val_mixtures, "test": test_mixtures}
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE
         self.datasets: dict[str, Dataset] = {}
 
-    def espeak_voices(self, split: str) -> Speakers:
-        """The synthetic speakers of a split: catalogue indices train, then val, then test."""
+    def espeak_voices(self, split: str, sibling: int = 0) -> Speakers:
+        """The synthetic speakers of a split (catalogue indices train, then val, then test), or their f0-siblings."""
         start = {"train": 0, "val": self.voices["train"], "test": self.voices["train"] + self.voices["val"]}[split]
         indices = range(start, start + self.voices[split])
-        return synthetic_speakers(indices, self.utterances_per_voice, self.sample_rate, self.cache_dir, self.engines)
+        return synthetic_speakers(
+            indices, self.utterances_per_voice, self.sample_rate, self.cache_dir, self.engines, sibling, self.same_speaker_f0_shift
+        )  # fmt: skip
 
     def prepared(self, layout: str, path: str, split: str) -> PreparedMixtures:
         segment, random_crop = {"train": (self.segment, True), "val": (self.segment, False), "test": (None, False)}[split]
@@ -209,8 +223,11 @@ class SeparationDataModule(L.LightningDataModule):
             self.datasets["train"] = self.prepared(self.train, self.train_path, "train")
             self.datasets["val"] = self.prepared(self.train, self.train_path, "val")
             return
+        same_speaker_voices = None
         if self.train == "espeak":
             train, val = self.espeak_voices("train"), self.espeak_voices("val")
+            if self.same_speaker_f0_shift:
+                same_speaker_voices = [train] + [self.espeak_voices("train", n) for n in range(1, self.num_speakers)]
         else:
             speakers = folder_speakers(self.train_path, self.sample_rate)
             if len(speakers) - self.voices["val"] < self.num_speakers:
@@ -219,8 +236,9 @@ class SeparationDataModule(L.LightningDataModule):
         if self.same_speaker_fraction:
             check_utterances_per_speaker(train, self.num_speakers, "data.same_speaker_fraction")
         self.datasets["train"] = DynamicMixtures(
-            train, self.num_speakers, self.segment, self.gain_db, self.sizes["train"], self.same_speaker_fraction, self.pause
-        )
+            train, self.num_speakers, self.segment, self.gain_db, self.sizes["train"], self.same_speaker_fraction, self.pause,
+            same_speaker_voices,
+        )  # fmt: skip
         self.datasets["val"] = FixedMixtures(val, self.num_speakers, self.segment, self.gain_db, self.sizes["val"], self.seed)
 
     def setup_test(self) -> None:

@@ -4,9 +4,11 @@ voice; all speak at 16 kHz. One call runs one flite process (well under 0.1 s a 
 
     voice = FliteVoice("slt", f0_mean=180, f0_stddev=25, stretch=1.1, warp=0.96)
     waveform, rate = synthesize("The birch canoe slid on the smooth planks.", voice)   # float32 numpy, 15,360 Hz
+    with_f0(voice, 1.2)   # the same voice, its f0 20 % higher (f0_mean=216, f0_stddev=30)
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import shutil
@@ -69,3 +71,11 @@ def synthesize(text: str, voice: FliteVoice) -> tuple[np.ndarray, int]:
     wav = run(["-voice", voice.voice, *features, "-t", text, "-o", "/dev/stdout"])
     waveform, rate = soundfile.read(io.BytesIO(wav), dtype="float32")
     return waveform, round(rate * voice.warp)
+
+
+def with_f0(voice: FliteVoice, factor: float) -> FliteVoice:
+    """`voice` with its f0 scaled by `factor`: f0 mean and spread (rounded to whole Hz), all else equal; for rms, which
+    ignores both, the warp instead (rounded to 0.01), which scales its formants and tempo with the pitch."""
+    if voice.voice == "rms":
+        return dataclasses.replace(voice, warp=round(voice.warp * factor, 2))
+    return dataclasses.replace(voice, f0_mean=round(voice.f0_mean * factor), f0_stddev=round(voice.f0_stddev * factor))

@@ -79,11 +79,16 @@ def read_on(utterances: Sequence[Tensor], length: int, pause: tuple[int, int], r
 def draw_mixture(
     speakers: Sequence[Sequence[Tensor]], num_speakers: int, length: int | None, gain_db: float, rng: np.random.Generator,
     same_speaker_fraction: float = 0.0, pause: tuple[int, int] | None = None,
+    same_speaker_voices: Sequence[Sequence[Sequence[Tensor]]] | None = None,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """One random mixture (see `mix`) of the speakers `pick_utterances` draws: each source one utterance, or, with
-    `pause` (samples, min and max), a passage of its speaker's utterances (`read_on`) that fills `length`."""
+    `pause` (samples, min and max), a passage of its speaker's utterances (`read_on`) that fills `length`.
+    `same_speaker_voices[n][s]`: what source n of a same-speaker mixture of speaker s reads instead of speakers[s]
+    (utterance u the same sentence as speakers[s][u], e.g. by an f0-sibling voice of s)."""
     picked = pick_utterances(speakers, num_speakers, rng, same_speaker_fraction)
-    readings = [[speakers[s][u] for u in order] for s, order in picked]  # each source's utterances in reading order
+    same_speaker = len({s for s, _ in picked}) == 1
+    voices = same_speaker_voices if same_speaker and same_speaker_voices is not None else [speakers] * num_speakers
+    readings = [[voices[n][s][u] for u in order] for n, (s, order) in enumerate(picked)]  # source n's utterances, in order
     sources = [reading[0] for reading in readings] if pause is None else [read_on(reading, length, pause, rng) for reading in readings]
     return mix(sources, length, gain_db, rng)
 

@@ -5,6 +5,7 @@ pitch range) and optionally flite (base voice x f0 mean and spread x tempo x war
     speakers = synthetic_speakers(range(0, 40), utterances=20, sample_rate=8000, cache_dir="~/.cache/seqmix/speech")
     # speakers[i]: list of 1-D float32 tensors, utterances of voice i, leading/trailing silence trimmed
     synthetic_speakers(range(0, 40), 20, 8000, cache_dir, engines=("espeak", "flite"))  # even i: espeak, odd i: flite
+    synthetic_speakers(range(0, 40), 20, 8000, cache_dir, sibling=1, f0_shift=0.3)  # f0-siblings: f0 x or / 1.15-1.3
 """
 from __future__ import annotations
 
@@ -70,16 +71,29 @@ def flite_voice(index: int) -> FliteVoice:
     )
 
 
+def f0_factor(index: int, sibling: int, shift: float) -> float:
+    """The f0 factor f of f0-sibling `sibling` (>= 1) of an engine's speaker `index`: |ln f| uniform in
+    [ln(1 + shift / 2), ln(1 + shift)], the sign random, the same on every machine for every shift."""
+    rng = np.random.default_rng([CATALOGUE_SEED, index, 3, sibling])
+    size = rng.uniform(math.log1p(shift / 2), math.log1p(shift))
+    return math.exp(size if rng.random() < 0.5 else -size)
+
+
 @dataclass(frozen=True)
 class Engine:
-    """A synthesiser of the catalogue: `voice(k)` is its k-th speaker (with a file-name-safe `.name`) and
-    `synthesize(text, voice)` -> (float32 waveform (samples,), sample rate)."""
+    """A synthesiser of the catalogue: `voice(k)` is its k-th speaker (with a file-name-safe `.name`),
+    `synthesize(text, voice)` -> (float32 waveform (samples,), sample rate) and `with_f0(voice, factor)` the same
+    voice with its f0 scaled by about `factor`."""
 
     voice: Callable[[int], Any]
     synthesize: Callable[[str, Any], tuple[np.ndarray, int]]
+    with_f0: Callable[[Any, float], Any]
 
 
-ENGINES = {"espeak": Engine(espeak_voice, espeak.synthesize), "flite": Engine(flite_voice, flite.synthesize)}
+ENGINES = {
+    "espeak": Engine(espeak_voice, espeak.synthesize, espeak.with_f0),
+    "flite": Engine(flite_voice, flite.synthesize, flite.with_f0),
+}
 
 
 def engine_speaker(index: int, engines: Sequence[str]) -> tuple[str, int]:
@@ -87,6 +101,13 @@ def engine_speaker(index: int, engines: Sequence[str]) -> tuple[str, int]:
     With engines ("espeak",) speaker i is espeak speaker i; with ("espeak", "flite") espeak i // 2 for even i,
     flite i // 2 for odd i."""
     return engines[index % len(engines)], index // len(engines)
+
+
+def sibling_voice(engine: str, index: int, sibling: int = 0, f0_shift: float = 0.0) -> Voice | FliteVoice:
+    """Speaker `index` of `engine` (sibling 0) or its f0-sibling `sibling`: the same voice with its f0 scaled by
+    `f0_factor(index, sibling, f0_shift)` (see the engine's `with_f0`)."""
+    voice = ENGINES[engine].voice(index)
+    return ENGINES[engine].with_f0(voice, f0_factor(index, sibling, f0_shift)) if sibling else voice
 
 
 def sentences_of(index: int, count: int) -> list[int]:
@@ -119,11 +140,13 @@ def resample_batch(waveforms: list[np.ndarray], from_rate: int, to_rate: int) ->
 
 
 def speaker_recordings(
-    index: int, count: int, sample_rate: int, cache_dir: Path, engines: Sequence[str] = ("espeak",)
-) -> list[np.ndarray]:
-    """The utterances (int16 at sample_rate, silence trimmed) of speaker `index`, synthesised into the cache once."""
+    index: int, count: int, sample_rate: int, cache_dir: Path, engines: Sequence[str] = ("espeak",), sibling: int = 0,
+    f0_shift: float = 0.0,
+) -> list[np.ndarray]:  # fmt: skip
+    """The utterances (int16 at sample_rate, silence trimmed) of speaker `index`, or of its f0-sibling `sibling`
+    (`sibling_voice`: the same sentences), synthesised into the cache once."""
     engine, own_index = engine_speaker(index, engines)
-    speaker, numbers = ENGINES[engine].voice(own_index), sentences_of(own_index, count)
+    speaker, numbers = sibling_voice(engine, own_index, sibling, f0_shift), sentences_of(own_index, count)
     path = cache_file(cache_dir, engine, speaker, sample_rate)
     cached = dict(np.load(path)) if path.is_file() else {}
     missing = [n for n in numbers if f"s{n}" not in cached]
@@ -143,25 +166,29 @@ def speaker_recordings(
 
 def synthesize_into_cache(
     indices: Iterable[int], count: int, sample_rate: int, cache_dir: str | Path, workers: int = 1,
-    engines: Sequence[str] = ("espeak",),
+    engines: Sequence[str] = ("espeak",), sibling: int = 0, f0_shift: float = 0.0,
 ) -> None:  # fmt: skip
-    """Fill the cache for speakers `indices` (`workers` processes, one synthesiser and one torch thread each;
-    started fresh, since a forked copy of a process that already ran torch may hang in its thread pool)."""
+    """Fill the cache for speakers `indices` or their f0-siblings `sibling` (`workers` processes, one synthesiser and one
+    torch thread each; started fresh, since a forked copy of a process that already ran torch may hang in its thread
+    pool)."""
     indices, cache_dir, engines = list(indices), Path(cache_dir).expanduser(), tuple(engines)
     if workers <= 1:
         for index in indices:
-            speaker_recordings(index, count, sample_rate, cache_dir, engines)
+            speaker_recordings(index, count, sample_rate, cache_dir, engines, sibling, f0_shift)
         return
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=spawn, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        repeat = len(indices)
-        list(pool.map(speaker_recordings, indices, [count] * repeat, [sample_rate] * repeat, [cache_dir] * repeat, [engines] * repeat))
+        rest = [[x] * len(indices) for x in (count, sample_rate, cache_dir, engines, sibling, f0_shift)]
+        list(pool.map(speaker_recordings, indices, *rest))
 
 
 def synthetic_speakers(
-    indices: Iterable[int], utterances: int, sample_rate: int, cache_dir: str | Path, engines: Sequence[str] = ("espeak",)
-) -> list[list[Tensor]]:
-    """Speakers `indices` of the catalogue of `engines`, each a list of `utterances` 1-D float32 waveforms at sample_rate."""
+    indices: Iterable[int], utterances: int, sample_rate: int, cache_dir: str | Path, engines: Sequence[str] = ("espeak",),
+    sibling: int = 0, f0_shift: float = 0.0,
+) -> list[list[Tensor]]:  # fmt: skip
+    """Speakers `indices` of the catalogue of `engines` (or their f0-siblings `sibling`, see `sibling_voice`), each a
+    list of `utterances` 1-D float32 waveforms at sample_rate."""
     cache_dir = Path(cache_dir).expanduser()
-    recordings = (speaker_recordings(index, utterances, sample_rate, cache_dir, tuple(engines)) for index in indices)
+    engines = tuple(engines)
+    recordings = (speaker_recordings(i, utterances, sample_rate, cache_dir, engines, sibling, f0_shift) for i in indices)
     return [[torch.from_numpy(r.astype(np.float32) / 32768) for r in speaker] for speaker in recordings]

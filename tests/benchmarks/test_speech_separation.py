@@ -26,6 +26,19 @@ def test_the_results_name_the_training_voices_and_same_speaker_share():
     assert speech_separation.training_data(data) == (
         "espeak + flite dynamic mixtures of 4 s, 30% of them same-speaker, sources read on sentence after sentence"
     )
+    data.same_speaker_f0_shift = 0.3
+    assert "30% of them same-speaker (f0-siblings, shift 0.3)," in speech_separation.training_data(data)
+
+
+def test_the_cache_is_filled_with_the_f0_siblings_the_runs_read(tmp_path, monkeypatch):
+    filled = []
+    monkeypatch.setattr(speech_separation, "synthesize_into_cache", lambda indices, *args: filled.append((list(indices), args[5:])))
+    overrides = [f"data.cache_dir={tmp_path}", "data.train_voices=3", "data.val_voices=2", "data.test_voices=2"]
+    speech_separation.presynthesize(overrides, workers=1)
+    assert filled == [([0, 1, 2, 3, 4], ()), ([5, 6], ())]  # training and validation voices, then the test voices
+    filled.clear()
+    speech_separation.presynthesize([*overrides, "data.same_speaker_fraction=1.0", "data.same_speaker_f0_shift=0.2"], workers=1)
+    assert filled[-1] == ([0, 1, 2], (1, 0.2))  # sibling 1 of each training voice
 
 
 def test_the_table_has_a_column_and_a_gap_per_test():

@@ -2,18 +2,22 @@
 recordings, and the LibriMix / wsj0-mix layouts (written in miniature under tmp_path)."""
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from apps.speech.data import DynamicMixtures, FixedMixtures, SeparationDataModule
 from apps.speech.espeak import Voice, synthesize
-from apps.speech.mixing import mix, pick_utterances, place, read_on
+from apps.speech.mixing import draw_mixture, mix, pick_utterances, place, read_on
 from apps.speech.sources import PreparedMixtures, folder_speakers
-from apps.speech.tts import ACCENTS, VARIANTS, cache_file, espeak_voice, synthetic_speakers
+from apps.speech.tts import ACCENTS, VARIANTS, cache_file, espeak_voice, f0_factor, sibling_voice, synthetic_speakers
 
 LIBRIVOX = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "speech" / "librivox"
 needs_librivox = pytest.mark.skipif(not LIBRIVOX.is_dir(), reason=f"no recordings under {LIBRIVOX}")
@@ -121,7 +125,63 @@ def test_same_speaker_test_mixtures_mix_different_utterances_of_one_speaker():
         SeparationDataModule(test="librimix", test_path="x", test_same_speaker=True)
 
 
-def test_passages_read_on_with_pauses_until_the_segment_is_full():
+def median_f0(waveform: Tensor, rate: int = 8000) -> float:
+    """Median f0 (Hz) over voiced frames: 40 ms every 10 ms, louder than 10 % of the RMS, at the lag (2-20 ms) of the
+    largest normalised autocorrelation where that exceeds 0.6 (torchaudio's detect_pitch_frequency makes octave errors)."""
+    x, n, lags = waveform.double(), int(0.04 * rate), range(rate // 500, rate // 50 + 1)
+    frames = x.unfold(0, n + lags[-1], rate // 100)
+    frames = frames[frames[:, :n].square().mean(1) > 0.01 * x.square().mean()]
+    correlation = torch.stack([F.cosine_similarity(frames[:, :n], frames[:, lag : lag + n], dim=1) for lag in lags], 1)
+    peak, lag = correlation.max(1)
+    return (rate / (lag[peak > 0.6] + lags[0])).median().item()
+
+
+def test_f0_siblings_are_their_speaker_at_another_pitch(tmp_path):
+    low, high = math.log1p(0.3 / 2), math.log1p(0.3)
+    factors = [f0_factor(i, n, 0.3) for i in range(50) for n in (1, 2)]
+    assert all(low <= abs(math.log(f)) <= high for f in factors) and 0.3 < np.mean([f > 1 for f in factors]) < 0.7
+    assert f0_factor(0, 1, 0.3) == pytest.approx(1.18584, abs=1e-5)  # the same on every machine: caches stay valid
+    for i in range(20):
+        speaker, sibling = espeak_voice(i), sibling_voice("espeak", i, 1, 0.3)
+        assert sibling_voice("espeak", i) == speaker and dataclasses.replace(sibling, pitch=speaker.pitch) == speaker
+        assert sibling.pitch in (0, 99) or (sibling.pitch > speaker.pitch) == (f0_factor(i, 1, 0.3) > 1)
+    # measured: the median f0 of a sentence moves by about f (voices 0-7 are not clipped; one sentence's median is
+    # noisy, the mapping is fitted to the median over sentences)
+    speakers = synthetic_speakers(range(8), 1, 8000, tmp_path)
+    siblings = synthetic_speakers(range(8), 1, 8000, tmp_path, sibling=1, f0_shift=0.3)
+    moved = [math.log(median_f0(siblings[i][0]) / median_f0(speakers[i][0])) / math.log(f0_factor(i, 1, 0.3)) for i in range(8)]
+    assert all(0.4 < m < 1.6 for m in moved) and np.mean(moved) == pytest.approx(1, abs=0.15)
+    for i in range(8):
+        path = cache_file(tmp_path, "espeak", sibling_voice("espeak", i, 1, 0.3), 8000)
+        assert path.is_file() and path != cache_file(tmp_path, "espeak", espeak_voice(i), 8000)
+
+
+def utterance_runs(source: Tensor) -> list[int]:
+    """Lengths of the non-zero runs of a source that lie inside its window (not cut by either end)."""
+    edges = torch.diff(F.pad((source != 0).int(), (1, 1))).nonzero().flatten().tolist()
+    return [stop - start for start, stop in zip(edges[::2], edges[1::2]) if start > 0 and stop < len(source)]
+
+
+@pytest.mark.parametrize("pause", [None, (5, 10)])
+def test_same_speaker_draws_read_from_f0_siblings(pause):
+    # utterance u of speaker s: length 100 + 10 s + u; sibling n's samples cycle through n + 2 levels, so a source's
+    # number of distinct values names its sibling and its runs' lengths name speaker and utterances
+    speakers = [[torch.ones(100 + 10 * s + u) for u in range(6)] for s in range(4)]
+    siblings = [[[torch.arange(100.0 + 10 * s + u) % (n + 2) + 1 for u in range(6)] for s in range(4)] for n in range(2)]
+    same_speaker_draws = 0
+    for seed in range(40):
+        plain = draw_mixture(speakers, 2, 400, 2.5, np.random.default_rng(seed), 0.5, pause)
+        _, sources = draw_mixture(speakers, 2, 400, 2.5, np.random.default_rng(seed), 0.5, pause, siblings)
+        runs = [utterance_runs(source) for source in sources]
+        assert runs == [utterance_runs(source) for source in plain[1]]  # the same draw, other voices at most
+        if len({length // 10 for source_runs in runs for length in source_runs}) > 1:  # two speakers: unchanged
+            assert torch.equal(sources, plain[1])
+            continue
+        assert [len(source[source != 0].unique()) for source in sources] == [2, 3]  # source n: sibling n
+        assert not set(runs[0]) & set(runs[1])  # no sentence twice in a mixture
+        same_speaker_draws += all(runs)
+    assert same_speaker_draws >= 10
+
     rng = np.random.default_rng(2)
     utterances = [torch.full((100,), float(k + 1)) for k in range(5)]
     passage = read_on(utterances, 250, (10, 20), rng)
@@ -198,7 +258,30 @@ def test_datamodule_rejects_bad_settings(tmp_path):
         SeparationDataModule(train="librimix", train_path="x", same_speaker_fraction=0.5)
     with pytest.raises(ValueError, match="data.passages needs dynamic mixing"):
         SeparationDataModule(train="wsj0_mix", train_path="x", passages=True)
+    for bad in ({}, {"same_speaker_fraction": 0.5, "train": "folder", "train_path": "x"}):
+        with pytest.raises(ValueError, match="set data.same_speaker_fraction > 0 .* and data.train=espeak"):
+            SeparationDataModule(same_speaker_f0_shift=0.3, **bad)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        SeparationDataModule(same_speaker_fraction=0.5, same_speaker_f0_shift=-0.1)
     assert SeparationDataModule(passages=True, sample_rate=16000).pause == (1600, 8000)
     data = SeparationDataModule(train_voices=2, val_voices=2, utterances_per_voice=1, same_speaker_fraction=0.5, cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="raise data.utterances_per_voice"):
         data.setup("fit")
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.3])
+def test_f0_siblings_are_synthesised_for_the_training_speakers_only_when_asked(shift, tmp_path):
+    data = SeparationDataModule(train_voices=2, val_voices=2, utterances_per_voice=2, same_speaker_fraction=0.5,
+                                same_speaker_f0_shift=shift, cache_dir=str(tmp_path))  # fmt: skip
+    data.setup("fit")
+    voices = data.datasets["train"].same_speaker_voices
+    files = {path.stem for path in (tmp_path / "espeak-8000").iterdir()}
+    assert files >= {espeak_voice(i).name for i in range(4)}  # training and validation speakers
+    if not shift:
+        assert voices is None and len(files) == 4
+        return
+    assert voices[0] is data.datasets["train"].speakers and files - {espeak_voice(i).name for i in range(4)} == {
+        sibling_voice("espeak", i, 1, shift).name for i in range(2)
+    }
+    expected = synthetic_speakers(range(2), 2, 8000, tmp_path, sibling=1, f0_shift=shift)
+    assert all(torch.equal(a, b) for x, y in zip(voices[1], expected) for a, b in zip(x, y))

@@ -2,6 +2,7 @@
 them with espeak-ng's (reproducible, cached by engine and voice parameters). Tests that run flite skip without it."""
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -11,7 +12,9 @@ import torchaudio.functional as AF
 
 from apps.speech import flite
 from apps.speech.flite import FliteVoice, synthesize
-from apps.speech.tts import cache_file, engine_speaker, espeak_voice, flite_voice, synthesize_into_cache, synthetic_speakers
+from apps.speech.tts import (
+    cache_file, engine_speaker, espeak_voice, f0_factor, flite_voice, sibling_voice, synthesize_into_cache, synthetic_speakers,
+)  # fmt: skip
 
 needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="no flite program (sudo apt-get install flite)")
 SENTENCE = "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background."
@@ -56,6 +59,19 @@ def test_the_mixed_catalogue_interleaves_engines_reproducibly():
     voices = [flite_voice(i) for i in range(100)]
     assert len(set(voices)) == 100 and {v.voice for v in voices} == {"awb", "kal16", "rms", "slt"}
     assert voices[0] == flite_voice(0) and voices[0].name == "rms_f124_s15_d0.92_w1.10"  # the same on every machine
+
+
+def test_flite_f0_siblings_scale_the_f0_settings_or_for_rms_the_warp():
+    for i in range(40):
+        speaker, sibling, factor = flite_voice(i), sibling_voice("flite", i, 1, 0.3), f0_factor(i, 1, 0.3)
+        if speaker.voice == "rms":  # it ignores the f0 settings: the warp moves its pitch (and formants and tempo)
+            assert dataclasses.replace(sibling, warp=speaker.warp) == speaker
+            assert sibling.warp == pytest.approx(speaker.warp * factor, abs=0.005)
+        else:
+            assert dataclasses.replace(sibling, f0_mean=speaker.f0_mean, f0_stddev=speaker.f0_stddev) == speaker
+            assert sibling.f0_mean == pytest.approx(speaker.f0_mean * factor, abs=0.5)
+            assert sibling.f0_stddev == pytest.approx(speaker.f0_stddev * factor, abs=0.5)
+        assert sibling.name != speaker.name  # its own cache file
 
 
 @pytest.mark.parametrize("engines", [("espeak",), pytest.param(("espeak", "flite"), marks=needs_flite)])
