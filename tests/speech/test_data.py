@@ -182,6 +182,8 @@ def test_same_speaker_draws_read_from_f0_siblings(pause):
         same_speaker_draws += all(runs)
     assert same_speaker_draws >= 10
 
+
+def test_passages_read_on_with_pauses_until_the_segment_is_full():
     rng = np.random.default_rng(2)
     utterances = [torch.full((100,), float(k + 1)) for k in range(5)]
     passage = read_on(utterances, 250, (10, 20), rng)
