@@ -15,8 +15,9 @@ from kernels.linear_recurrence.passes import KEY
 
 WY_CHOICES = all_configs(warps=(4, 8), stages=(3, 2))
 # One warp first: the inversion is a chain of dependent 16 x 16 dots, and one-warp programs (255 registers; no spills
-# gated, 8 bytes per thread without the gate) let eight share a multiprocessor. H100, B16 T2048 H16 K128, gated, one call (session 18): 154 us at 1 warp, 180 at 2,
-# 224 at 4 (the default until then), 386 at 8; the pipeline depth changed nothing (no loop to pipeline).
+# gated, 8 bytes per thread without the gate) let eight share a multiprocessor. H100, B16 T2048 H16 K128, gated, one
+# call (session 18): 154 us at 1 warp, 180 at 2, 224 at 4 (the default until then), 386 at 8; the pipeline depth
+# changed nothing (no loop to pipeline).
 INVERSE_CHOICES = all_configs(warps=(1, 2, 4), stages=(1,))
 
 
