@@ -228,7 +228,8 @@ def _bwd_dqk_kernel(
     Two passes over V keep few accumulators live: first the score gradients dA = dO V^T and
     dA^T = V dO^T (computed as such, never by transposing a dot result: see _bwd_dv_kernel), whose
     products with K and Q start dQ and dK; then the state terms, with the gates folded into the rows
-    of dO and V.
+    of dO and V. V^T and dO^T are transposes of the loaded tiles, not second loads (H100, gated delta rule
+    B16 T2048 H16 D128, session 19: this kernel 0.70 -> 0.68 ms).
     """
     i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -245,13 +246,10 @@ def _bwd_dqk_kernel(
     for i_v in tl.static_range(0, (V + BV - 1) // BV):
         o_v = i_v * BV + tl.arange(0, BV)
         m_tv = m_t[:, None] & (o_v[None, :] < V)
-        m_vt = (o_v[:, None] < V) & m_t[None, :]
         b_do = tl.load(do + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0)  # [BT, BV]
         b_v = tl.load(v + base * V + (r[:, None] * V + o_v[None, :]), mask=m_tv, other=0)  # [BT, BV]
-        b_dot = tl.load(do + base * V + (r[None, :] * V + o_v[:, None]), mask=m_vt, other=0)  # [BV, BT]
-        b_vt = tl.load(v + base * V + (r[None, :] * V + o_v[:, None]), mask=m_vt, other=0)  # [BV, BT]
-        b_dA += tl.dot(b_do, b_vt, input_precision=DOT_PREC)
-        b_dAt += tl.dot(b_v, b_dot, input_precision=DOT_PREC)
+        b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PREC)  # transposed loaded tiles, not dot results
+        b_dAt += tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PREC)
     causal = (o_t[:, None] >= o_t[None, :]) & m_t[:, None] & m_t[None, :]  # padded rows masked too: their gamma is 0
     anticausal = (o_t[:, None] <= o_t[None, :]) & m_t[:, None] & m_t[None, :]
     if USE_G:
