@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.kernels.report import save_table
 from benchmarks.kernels.shapes import OUR_FUNCTIONS, parse_shape
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -158,12 +159,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     header = (f"Triton {triton.__version__} kernels compiled for sm_{args.arch} (no GPU needed), ops {' '.join(args.ops)} at "
               f"{args.shape}, bf16; {datetime.date.today()}")
-    table = markdown(rows, header)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"kernel_registers_sm{args.arch}"
-    stem.with_suffix(".md").write_text(table)
-    stem.with_suffix(".json").write_text(json.dumps({"header": header, "rows": rows}, indent=1, default=str))
+    data = json.dumps({"header": header, "rows": rows}, indent=1, default=str)
+    save_table(args.out, f"kernel_registers_sm{args.arch}", markdown(rows, header), ".json", data)
     return rows
 
 

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from benchmarks.kernels.shapes import DECODE_TARGET_US
+
+
+def save_table(out: Path, stem: str, table: str, data_suffix: str, data: str) -> None:
+    """Print a tool's markdown table and write it to out/stem.md, with its data in out/stem<data_suffix>."""
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(table)
+    (out / f"{stem}{data_suffix}").write_text(data)
 
 
 def _fmt_ms(p: dict) -> str:

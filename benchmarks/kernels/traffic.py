@@ -15,7 +15,6 @@ import argparse
 import csv
 import datetime
 import io
-import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.kernels.report import save_table
 from benchmarks.kernels.shapes import parse_shape
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -102,16 +102,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit("benchmarks.kernels.traffic needs a CUDA GPU and Nsight Compute's `ncu` on the PATH")
     child = [sys.executable, "-m", "benchmarks.kernels.traffic", "--child", "--op", args.op, "--shape", args.shape, "--impl", args.impl]
     command = ["ncu", "--clock-control", "none", "--profile-from-start", "off", "--csv", "--metrics", ",".join(METRICS), *child]
-    text = subprocess.run(command, capture_output=True, text=True, check=True, env=dict(os.environ)).stdout
+    text = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     rows = read_ncu(text)
     header = (f"Nsight Compute, {torch.cuda.get_device_name()}, torch {torch.__version__}: one forward + backward of {args.impl} "
               f"{args.op} at {args.shape}, bf16, after three warm-up passes; {datetime.date.today()}")
-    table = markdown(rows, header)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"kernel_traffic_{args.op}_{args.shape}"
-    stem.with_suffix(".md").write_text(table)
-    stem.with_suffix(".csv").write_text(text)
+    save_table(args.out, f"kernel_traffic_{args.op}_{args.shape}", markdown(rows, header), ".csv", text)
     return rows
 
 
