@@ -44,11 +44,19 @@ def pit_si_snr_loss(estimates: Tensor, sources: Tensor) -> Tensor:
     return -pit_si_snr(estimates, sources)[0].mean()
 
 
+# added to the diagonal of SDR's filter system (the source's normalised autocorrelation, 1 at lag 0). Without it the
+# system of a source with few frequencies (a tone) is near singular, and a perfect estimate's SDR came out NaN on one
+# CPU and finite on another (session 19); that of a silent source is singular and torch.linalg.solve raises. With it a
+# perfect estimate scores about 120 dB, a silent source -inf (as a silent estimate does), and the SDR of an estimate of
+# filtered noise changes by 5e-10 dB
+SDR_DIAGONAL_LOAD = 1e-12
+
+
 def sdr_per_source(estimates: Tensor, sources: Tensor) -> Tensor:
     """torchmetrics' SDR (B, N) of estimates and sources (B, N, T), one source at a time: torch 2.11's batched
     CPU linalg.solve fails ("Pivots given to lu_solve") on some batch shapes with more than one thread."""
     pairs = zip(estimates.flatten(0, 1), sources.flatten(0, 1))
-    return torch.stack([signal_distortion_ratio(e, s) for e, s in pairs]).view(sources.shape[:2])
+    return torch.stack([signal_distortion_ratio(e, s, load_diag=SDR_DIAGONAL_LOAD) for e, s in pairs]).view(sources.shape[:2])
 
 
 def improvements(mixture: Tensor, estimates: Tensor, sources: Tensor) -> dict[str, Tensor]:

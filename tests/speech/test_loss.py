@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from apps.speech.task import improvements, pit_si_snr, pit_si_snr_loss
+from apps.speech.task import improvements, pit_si_snr, pit_si_snr_loss, sdr_per_source
 from torchmetrics.functional.audio import scale_invariant_signal_noise_ratio
 
 T = 8000
@@ -57,3 +57,13 @@ def test_si_snri_of_perfect_and_of_20_db_estimates_are_the_known_values():
     expected = (10 * torch.log10((energies + eps) / eps)).mean().item()  # torchmetrics' eps-bounded infinity
     assert perfect["si_snri"].item() == pytest.approx(expected, rel=1e-6)
     assert perfect["sdri"].item() > 100 and scores["sdri"].item() > 0
+
+
+def test_sdr_of_a_perfect_tone_is_finite_and_a_silent_source_does_not_raise():
+    """SDR solves a 512-tap filter from the source's autocorrelation: near singular for a tone, singular for silence.
+    The diagonal load keeps a perfect tone's SDR finite (it was NaN on one CPU) and a silent source from raising."""
+    tone = tones(5)[0]
+    perfect = sdr_per_source(tone.view(1, 1, -1), tone.view(1, 1, -1))
+    assert 110 < perfect.item() < 130
+    silent = sdr_per_source(tone.view(1, 1, -1), torch.zeros(1, 1, tone.numel(), dtype=torch.float64))
+    assert silent.item() == float("-inf")
