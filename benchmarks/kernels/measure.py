@@ -149,21 +149,27 @@ def measure(op: str, shape: Shape, impl: str, inputs: dict, ref: dict | None, se
     return row
 
 
+def forward_backward_pass(op: str, impl: str, shape: Shape) -> Callable[[], None]:
+    """One forward + backward of an impl on the op's inputs at `shape`; the gradients are dropped after it, as
+    do_bench's grad_to_none does, so that no accumulation into .grad is part of a pass."""
+    fn, _ = implementation(op, impl)
+    inputs = make_inputs(op, shape)
+    leaves = {n: inputs[n].detach().requires_grad_() for n in LEAVES if n in inputs}
+
+    def forward_backward() -> None:
+        fn(**leaves, scale=shape.D**-0.5).backward(inputs["do"])
+        for leaf in leaves.values():
+            leaf.grad = None
+
+    return forward_backward
+
+
 def profile(op: str, impl: str, shape: Shape, seconds: float | None) -> str:
     """CUDA time of each kernel in ten forward + backward passes of an impl (after warm-up, so autotuning is
-    excluded), as torch.profiler's table, sorted by total CUDA time. Gradients are dropped after each pass, as
-    do_bench's grad_to_none does, so that no accumulation into .grad shows up."""
+    excluded), as torch.profiler's table, sorted by total CUDA time (forward_backward_pass: no .grad accumulation)."""
     try:
         with time_limit(seconds, f"profile {op} {shape.name} {impl}"):
-            fn, _ = implementation(op, impl)
-            inputs = make_inputs(op, shape)
-            leaves = {n: inputs[n].detach().requires_grad_() for n in LEAVES if n in inputs}
-
-            def forward_backward() -> None:
-                fn(**leaves, scale=shape.D**-0.5).backward(inputs["do"])
-                for leaf in leaves.values():
-                    leaf.grad = None
-
+            forward_backward = forward_backward_pass(op, impl, shape)
             with torch.autograd.set_multithreading_enabled(False):  # autotuning in the backward stays interruptible
                 for _ in range(3):
                     forward_backward()

@@ -6,7 +6,8 @@ Runs `ncu` on a child process that warms the op up (three forward + backward pas
 then runs one more between cudaProfilerStart and cudaProfilerStop, so that only that pass is profiled. ncu leaves the
 clocks alone (`--clock-control none`). Prints, per kernel launch: the DRAM bytes read and written, the time under the
 profiler, the rate, the L2 hit rate, registers per thread, programs per multiprocessor (the register limit), achieved
-occupancy and waves; writes DIR/kernel_traffic_<op>_<shape>.{csv,md} (DIR default benchmarks/results).
+occupancy and waves; writes DIR/kernel_traffic_<op>_<shape>.{csv,md} (DIR default benchmarks/results). Our kernels
+autotune in the warm-up unless SEQMIX_TRITON_AUTOTUNE=0 (then each runs its default config, as the benchmarks time).
 """
 
 from __future__ import annotations
@@ -40,17 +41,9 @@ METRICS = {  # ncu metric: column
 
 def one_pass(op: str, shape: str, impl: str) -> None:
     """Three warm-up forward + backward passes, then one between cudaProfilerStart and cudaProfilerStop."""
-    from benchmarks.kernels.impls import LEAVES, implementation, make_inputs
+    from benchmarks.kernels.measure import forward_backward_pass
 
-    fn, _ = implementation(op, impl)
-    inputs = make_inputs(op, parse_shape(shape))
-    leaves = {n: inputs[n].detach().requires_grad_() for n in LEAVES if n in inputs}
-
-    def forward_backward() -> None:
-        fn(**leaves, scale=inputs["q"].shape[-1] ** -0.5).backward(inputs["do"])
-        for leaf in leaves.values():
-            leaf.grad = None
-
+    forward_backward = forward_backward_pass(op, impl, parse_shape(shape))
     for _ in range(3):
         forward_backward()
     torch.cuda.synchronize()
