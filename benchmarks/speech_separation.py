@@ -52,12 +52,16 @@ MODELS = {  # similar sizes: about 1.5 M parameters each (the table lists them)
     "convtasnet": ["model=convtasnet_base"],
 }
 METRICS = {"test/si_snri": "SI-SNRi (dB)", "test/sdri": "SDRi (dB)", "test/si_snr": "SI-SNR (dB)"}
-# two more test sets, of espeak-ng voices heard neither in training nor in validation: mixtures of different speakers
-# (unlike the LibriVox recordings, which are all read by one person), and of two sentences of one voice (as LibriVox's)
-ESPEAK_TEST = ["data.test=espeak", "data.test_voices=8", "data.test_mixtures=64"]
-HELD_OUT = {  # run-name suffix: (extra overrides, name in the table)
-    "espeak": ([], "held-out espeak-ng"),
-    "espeak_same": (["data.test_same_speaker=true"], "held-out espeak-ng same-speaker"),
+# three more test sets: of espeak-ng voices heard neither in training nor in validation, mixtures of different speakers
+# (unlike the LibriVox recordings, which are all read by one person) and of two sentences of one voice (as LibriVox's);
+# and the LibriVox mixtures again with the second source played WARP times faster (pitch and formants up by a quarter,
+# the reader's median f0 about 100 -> 125 Hz): real speech of two apparent speakers
+ESPEAK_TEST = ["data.test=espeak", "data.test_voices=8", "data.test_mixtures=64"]  # the runs' overrides may change these
+WARP = 1.25
+HELD_OUT = {  # run-name suffix: (overrides before the runs' own, overrides after them, name in the table)
+    "espeak": (ESPEAK_TEST, ["data.engines=[espeak]"], "held-out espeak-ng"),
+    "espeak_same": (ESPEAK_TEST, ["data.test_same_speaker=true", "data.engines=[espeak]"], "held-out espeak-ng same-speaker"),
+    "librivox_warped": ([], [f"data.test_warps=[1.0,{WARP}]"], f"LibriVox, second source warped x{WARP}"),
 }
 RESULTS = Path(__file__).parent / "results"
 
@@ -69,16 +73,18 @@ def compose_config(overrides: list[str]):
         return compose("config", overrides=["experiment=separation", *overrides])
 
 
-def espeak_test(overrides: list[str], test: str = "espeak") -> list[str]:
-    """The overrides of a held-out test (HELD_OUT): ESPEAK_TEST, those given, and espeak-ng voices whatever the training engines."""
-    return [*ESPEAK_TEST, *overrides, *HELD_OUT[test][0], "data.engines=[espeak]"]
+def held_out_test(overrides: list[str], test: str = "espeak") -> list[str]:
+    """The overrides of a held-out test (HELD_OUT) around those given (the espeak-ng tests: espeak-ng voices whatever the
+    training engines)."""
+    before, after, _ = HELD_OUT[test]
+    return [*before, *overrides, *after]
 
 
 def presynthesize(overrides: list[str], workers: int) -> None:
     """Fill the speech cache once for every voice the runs use (they would otherwise all synthesise): the training
     and validation voices of the runs' engines, the training voices' f0-siblings if asked for, then the held-out
     espeak-ng test voices."""
-    train, test = compose_config(overrides).data, compose_config(espeak_test(overrides)).data
+    train, test = compose_config(overrides).data, compose_config(held_out_test(overrides)).data
     voices = train.train_voices + train.val_voices
     for data, indices in ((train, range(voices)), (test, range(voices, voices + test.test_voices))):
         synthesize_into_cache(indices, data.utterances_per_voice, data.sample_rate, data.cache_dir, workers, data.engines)
@@ -104,12 +110,12 @@ def command(model: str, runs_dir: Path, overrides: list[str]) -> list[str]:
             f"paths.runs={runs_dir}", *MODELS[model], *QUIET, *overrides]  # fmt: skip
 
 
-def espeak_test_command(model: str, runs_dir: Path, overrides: list[str], test: str) -> list[str]:
+def held_out_test_command(model: str, runs_dir: Path, overrides: list[str], test: str) -> list[str]:
     """Test the trained model again (its best checkpoint, or the last where no validation ran) on a held-out test of HELD_OUT."""
     checkpoints = Path(record_of(model, runs_dir)["run_dir"]) / "checkpoints"
     checkpoint = next(path for path in (checkpoints / "best.ckpt", checkpoints / "last.ckpt") if path.exists())
     return [sys.executable, "-m", "apps.speech", "eval", f"ckpt_path={checkpoint}",
-            f"name=separation_{model}_{test}", f"paths.runs={runs_dir}", *QUIET, *espeak_test(overrides, test)]  # fmt: skip
+            f"name=separation_{model}_{test}", f"paths.runs={runs_dir}", *QUIET, *held_out_test(overrides, test)]  # fmt: skip
 
 
 def record_of(run_name: str, runs_dir: Path) -> dict:
@@ -150,7 +156,7 @@ def paired(mixer: dict, baseline: dict, key: str) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    heads = [f"LibriVox {name}" for name in METRICS.values()] + [f"{name} SI-SNRi (dB)" for _, name in HELD_OUT.values()]
+    heads = [f"LibriVox {name}" for name in METRICS.values()] + [f"{name} SI-SNRi (dB)" for *_, name in HELD_OUT.values()]
     held_out = [f"{test}/si_snri" for test in HELD_OUT]
     lines = ["| model | parameters | steps | " + " | ".join(heads) + " | run seconds |", "|" + "---|" * (len(heads) + 4)]
     for r in rows:
@@ -160,7 +166,7 @@ def markdown(rows: list[dict]) -> str:
     mixers = [r for r in rows if r["model"] != "convtasnet"]
     if baseline and mixers:
         lines.append("")
-        for key, test in (("test/si_snri", "LibriVox"), *((f"{t}/si_snri", name) for t, (_, name) in HELD_OUT.items())):
+        for key, test in (("test/si_snri", "LibriVox"), *((f"{t}/si_snri", name) for t, (*_, name) in HELD_OUT.items())):
             best = max(mixers, key=lambda r: r[key])
             lines.append(
                 f"{test}: best mixer ({best['model']}) minus Conv-TasNet: {best[key] - baseline[key]:+.2f} dB SI-SNRi"
@@ -188,7 +194,7 @@ def main() -> None:
     overrides = [*step_budget(args.steps, args.minutes, data.train_mixtures // data.batch_size), *overrides]
     # the test recordings (LibriVox by default) are there: fail before any synthesis
     recordings = sum(map(len, folder_speakers(data.test_path, data.sample_rate))) if data.test_path else 0
-    held_out = compose_config(espeak_test(overrides)).data
+    held_out = compose_config(held_out_test(overrides)).data
     started = time.perf_counter()
     presynthesize(overrides, workers=cores)
     synthesis_seconds = time.perf_counter() - started
@@ -197,7 +203,7 @@ def main() -> None:
     jobs = {model: command(model, args.runs_dir, overrides) for model in args.models}
     failed = run_parallel(jobs, args.runs_dir, args.parallel, threads=threads, keep_going=True)  # one failure loses no other model
     trained = [model for model in args.models if model not in failed]
-    tests = {f"{model}_{test}": espeak_test_command(model, args.runs_dir, overrides, test) for model in trained for test in HELD_OUT}
+    tests = {f"{model}_{test}": held_out_test_command(model, args.runs_dir, overrides, test) for model in trained for test in HELD_OUT}
     failed += run_parallel(tests, args.runs_dir, args.parallel, threads=threads, keep_going=True)
     rows = [row(model, args.runs_dir, overrides) for model in trained]
     text = markdown(rows)
@@ -206,7 +212,8 @@ def main() -> None:
     info = {
         "benchmark": f"2-speaker separation: trained on {training_data(data)} ({data.sample_rate // 1000} kHz, {args.steps} steps at most for every model), "
         f"tested on {data.test_mixtures} mixtures of the {recordings} recordings in {data.test_path} (LibriVox by default: one reader) "
-        f"and on {held_out.test_mixtures} mixtures of {held_out.test_voices} held-out espeak-ng voices (different speakers, then one speaker)",
+        f"and on {held_out.test_mixtures} mixtures of {held_out.test_voices} held-out espeak-ng voices (different speakers, then one speaker), "
+        f"then on the first test's mixtures with the second source warped x{WARP}",
         "device": device, "cpu_cores": cores, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
         "torchaudio": torchaudio.__version__, "lightning": lightning.__version__, "overrides": overrides,
         "synthesis_seconds": round(synthesis_seconds), "wall_seconds": round(time.perf_counter() - started), "rows": rows, "failed": failed,

@@ -37,6 +37,14 @@ def resample(waveform: Tensor, from_rate: int, to_rate: int) -> Tensor:
     return waveform if from_rate == to_rate else AF.resample(waveform, from_rate, to_rate)
 
 
+def warp(waveform: Tensor, factor: float, sample_rate: int) -> Tensor:
+    """waveform (..., samples) played faster by `factor`: pitch and formants times factor, duration over factor (speed
+    perturbation: the samples are declared at factor x sample_rate and resampled back to sample_rate)."""
+    if factor <= 0:
+        raise ValueError(f"a warp factor must be positive, got {factor}")
+    return resample(waveform, round(sample_rate * factor), sample_rate)
+
+
 def check_finite(waveform: Tensor, what: str) -> None:
     """ValueError naming how many samples are NaN or infinite."""
     bad = (~torch.isfinite(waveform)).sum().item()

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from apps.speech.audio import warp
 from apps.speech.mixing import draw_mixture, fresh, mix, seeded
 from apps.speech.sources import LAYOUTS, PreparedMixtures, folder_speakers
 from apps.speech.tts import ENGINES, synthetic_speakers
@@ -65,10 +66,12 @@ class DynamicMixtures(Dataset):
 class FixedMixtures(Dataset):
     """`length` mixtures, the same every time: item i mixes the i-th speaker combination (in a seeded order,
     cycled) with a random utterance of each, gains and offsets from seed (seed, i). segment None: "min" mode.
-    `same_speaker`: item i mixes different utterances of the i-th speaker (in a seeded order, cycled) instead."""
+    `same_speaker`: item i mixes different utterances of the i-th speaker (in a seeded order, cycled) instead.
+    `source_voices[n][s][u]`: what source n reads for utterance u of speaker s instead of speakers[s][u] (e.g. it warped)."""
 
     def __init__(
-        self, speakers: Speakers, num_speakers: int, segment: int | None, gain_db: float, length: int, seed: int, same_speaker: bool = False
+        self, speakers: Speakers, num_speakers: int, segment: int | None, gain_db: float, length: int, seed: int, same_speaker: bool = False,
+        source_voices: Sequence[Speakers] | None = None,
     ) -> None:  # fmt: skip
         if len(speakers) < (1 if same_speaker else num_speakers):
             raise ValueError(
@@ -80,7 +83,7 @@ class FixedMixtures(Dataset):
         self.speakers, self.num_speakers, self.segment, self.gain_db, self.length, self.seed = (
             speakers, num_speakers, segment, gain_db, length, seed
         )  # fmt: skip
-        self.same_speaker = same_speaker
+        self.same_speaker, self.source_voices = same_speaker, source_voices or [speakers] * num_speakers
         if same_speaker:
             combinations = [(s,) * num_speakers for s in range(len(speakers))]
         else:
@@ -99,7 +102,7 @@ class FixedMixtures(Dataset):
             picks = rng.choice(len(self.speakers[chosen[0]]), size=self.num_speakers, replace=False).tolist()
         else:
             picks = [int(rng.integers(len(self.speakers[s]))) for s in chosen]
-        utterances = [self.speakers[s][u] for s, u in zip(chosen, picks)]
+        utterances = [voices[s][u] for voices, s, u in zip(self.source_voices, chosen, picks)]
         return *mix(utterances, self.segment, self.gain_db, rng), f"{index:04d}_" + "-".join(map(str, chosen))
 
 
@@ -129,6 +132,9 @@ class SeparationDataModule(L.LightningDataModule):
             random order with pauses of PAUSE_SECONDS between them, enough to fill the segment (else one utterance,
             cropped or placed in silence), so that both speakers talk throughout, as in whole-utterance test mixtures.
         test_same_speaker: every test mixture (espeak or folder) mixes different utterances of one speaker.
+        test_warps: one factor per source of every test mixture (espeak or folder), e.g. [1.0, 0.8]: source n is played
+            faster by test_warps[n] (`audio.warp`: pitch and formants times the factor, as speed perturbation), so that
+            recordings of one reader (LibriVox's) become mixtures of two apparent speakers; None: as recorded.
         train_mixtures: dynamic mixtures per epoch; val_mixtures, test_mixtures: size of the fixed sets.
         mode: "min" or "max", the LibriMix / wsj0-mix variant.
         cache_dir: where synthesised speech is kept (default ~/.cache/seqmix/speech).
@@ -154,6 +160,7 @@ class SeparationDataModule(L.LightningDataModule):
         same_speaker_f0_shift: float = 0.0,
         passages: bool = False,
         test_same_speaker: bool = False,
+        test_warps: Sequence[float] | None = None,
         train_mixtures: int = 400,
         val_mixtures: int = 32,
         test_mixtures: int = 32,
@@ -188,6 +195,11 @@ class SeparationDataModule(L.LightningDataModule):
             )
         if test_same_speaker and test in LAYOUTS:
             raise ValueError(f"data.test_same_speaker needs speakers to mix (data.test=espeak or folder, not {test})")
+        if test_warps is not None and (len(test_warps) != num_speakers or min(test_warps) <= 0 or test in LAYOUTS):
+            raise ValueError(
+                f"data.test_warps={list(test_warps)} needs one positive factor per source (data.num_speakers={num_speakers}) "
+                f"and speakers to mix (data.test=espeak or folder, now {test}); or data.test_warps=null"
+            )
         if passages and train in LAYOUTS:
             raise ValueError(f"data.passages needs dynamic mixing (data.train=espeak or folder, not {train})")
         self.name, self.num_speakers, self.sample_rate = name, num_speakers, sample_rate
@@ -197,6 +209,7 @@ class SeparationDataModule(L.LightningDataModule):
         self.voices = {"train": train_voices, "val": val_voices, "test": test_voices}
         self.engines, self.utterances_per_voice, self.same_speaker_fraction = tuple(engines), utterances_per_voice, same_speaker_fraction
         self.same_speaker_f0_shift, self.test_same_speaker = same_speaker_f0_shift, test_same_speaker
+        self.test_warps = None if test_warps is None else tuple(test_warps)
         self.pause = tuple(round(seconds * sample_rate) for seconds in PAUSE_SECONDS) if passages else None
         self.sizes = {"train": train_mixtures, "val": val_mixtures, "test": test_mixtures}
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
@@ -246,8 +259,11 @@ class SeparationDataModule(L.LightningDataModule):
             self.datasets["test"] = self.prepared(self.test, self.test_path, "test")
             return
         speakers = self.espeak_voices("test") if self.test == "espeak" else folder_speakers(self.test_path, self.sample_rate)
+        warped = None
+        if self.test_warps is not None:
+            warped = [[[warp(u, factor, self.sample_rate) for u in speaker] for speaker in speakers] for factor in self.test_warps]
         self.datasets["test"] = FixedMixtures(
-            speakers, self.num_speakers, None, self.gain_db, self.sizes["test"], self.seed + 1, self.test_same_speaker
+            speakers, self.num_speakers, None, self.gain_db, self.sizes["test"], self.seed + 1, self.test_same_speaker, warped
         )
 
     def setup(self, stage: str | None = None) -> None:

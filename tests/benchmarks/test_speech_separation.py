@@ -43,11 +43,12 @@ def test_the_cache_is_filled_with_the_f0_siblings_the_runs_read(tmp_path, monkey
 
 def test_the_table_has_a_column_and_a_gap_per_test():
     rows = [{"model": model, "parameters": 1.5e6, "steps": 10, "run_seconds": 60.0, "test/si_snri": base, "test/sdri": 0.0,
-             "test/si_snr": 0.0, "espeak/si_snri": base + 1, "espeak_same/si_snri": base + 2}
+             "test/si_snr": 0.0, "espeak/si_snri": base + 1, "espeak_same/si_snri": base + 2, "librivox_warped/si_snri": base + 3}
             for model, base in (("attention", 1.0), ("convtasnet", -0.5))]  # fmt: skip
     table = speech_separation.markdown(rows)
-    assert "held-out espeak-ng same-speaker SI-SNRi (dB)" in table and "| attention | 1.50 M | 10 | 1.00 | 0.00 | 0.00 | 2.00 | 3.00 | 60 |" in table
-    assert table.count("minus Conv-TasNet: +1.50 dB") == 3
+    assert "held-out espeak-ng same-speaker SI-SNRi (dB)" in table and "| attention | 1.50 M | 10 | 1.00 | 0.00 | 0.00 | 2.00 | 3.00 | 4.00 | 60 |" in table
+    assert table.count("minus Conv-TasNet: +1.50 dB") == 4
+    assert "LibriVox, second source warped x1.25 SI-SNRi (dB)" in table
     assert "held-out espeak-ng same-speaker: best mixer (attention)" in table and "per mixture" not in table
 
 

@@ -98,9 +98,11 @@ def test_passages_f0_siblings_and_max_steps_inside_the_first_epoch(tmp_path, cac
 
 
 @needs_librivox
-def test_three_speakers_tested_on_real_librivox_mixtures(tmp_path, cache):
+@pytest.mark.parametrize("warps", [None, "[1.0,1.25,0.8]"])
+def test_three_speakers_tested_on_real_librivox_mixtures(warps, tmp_path, cache):
+    warped = [] if warps is None else [f"data.test_warps={warps}"]  # three apparent speakers from one reader
     metrics = cli("train", "data=librivox", "data.num_speakers=3", *TINY_MODEL, *TINY_DATA, "data.val_voices=3", "trainer.fast_dev_run=true",
-                  cache, f"paths.runs={tmp_path}", f"paths.data={LIBRIVOX.parents[1]}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+                  *warped, cache, f"paths.runs={tmp_path}", f"paths.data={LIBRIVOX.parents[1]}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     rows = pd.read_csv(tmp_path / "run" / "test_per_utterance.csv")
     assert len(rows) == 1 and rows["seconds"].iloc[0] > 2  # fast_dev_run: one whole real mixture of 3 recordings
     assert torch.isfinite(torch.tensor(metrics["test/sdri"]))

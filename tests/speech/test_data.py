@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from apps.speech.audio import warp
 from apps.speech.data import DynamicMixtures, FixedMixtures, SeparationDataModule
 from apps.speech.espeak import Voice, synthesize
 from apps.speech.mixing import draw_mixture, mix, pick_utterances, place, read_on
@@ -215,6 +216,38 @@ def test_folder_speakers_by_subdirectory_or_by_file(tmp_path):
     assert [len(s) for s in folder_speakers(tmp_path / "flat", 8000)] == [1, 1]
     with pytest.raises(FileNotFoundError, match="no folder of recordings"):
         folder_speakers(tmp_path / "missing", 8000)
+
+
+def dominant_frequency(waveform: Tensor, rate: int) -> float:
+    return float(torch.fft.rfft(waveform).abs().argmax()) * rate / len(waveform)
+
+
+def test_warp_scales_pitch_up_and_duration_down():
+    rate, tone = 8000, torch.sin(2 * math.pi * 300 * torch.arange(8000) / 8000)
+    for factor in (0.8, 1.25):
+        warped = warp(tone, factor, rate)
+        assert len(warped) == round(8000 / factor)
+        assert dominant_frequency(warped, rate) == pytest.approx(300 * factor, abs=2)
+    assert torch.equal(warp(tone, 1.0, rate), tone)
+    with pytest.raises(ValueError, match="must be positive"):
+        warp(tone, 0.0, rate)
+
+
+def test_test_warps_make_each_source_another_apparent_speaker(tmp_path):
+    for name, frequency in (("a", 400), ("b", 600)):  # two recordings, one speaker each
+        write_tone(tmp_path / f"{name}.wav", 1.0, 8000, frequency)
+    data = SeparationDataModule(test="folder", test_path=str(tmp_path), test_mixtures=2, test_warps=[1.0, 0.5])
+    data.setup("test")
+    for mixture, sources, name in (data.datasets["test"][i] for i in range(2)):
+        assert name.endswith("_0-1")  # the one pair
+        assert dominant_frequency(sources[0], 8000) == pytest.approx(400, abs=2)  # as recorded
+        assert dominant_frequency(sources[1], 8000) == pytest.approx(300, abs=2)  # an octave down, twice as long
+        assert len(mixture) == 8000  # "min" mode: the unwarped one's length
+    for bad in ([1.0], [1.0, 0.0]):
+        with pytest.raises(ValueError, match="one positive factor per source"):
+            SeparationDataModule(test="folder", test_path=str(tmp_path), test_warps=bad)
+    with pytest.raises(ValueError, match="speakers to mix"):
+        SeparationDataModule(test="librimix", test_path="x", test_warps=[1.0, 0.8])
 
 
 @needs_librivox
