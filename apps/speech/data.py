@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from apps.speech.audio import warp
-from apps.speech.mixing import draw_mixture, fresh, mix, seeded
+from apps.speech.mixing import Room, draw_mixture, fresh, mix, seeded
 from apps.speech.sources import LAYOUTS, PreparedMixtures, folder_speakers
 from apps.speech.tts import ENGINES, synthetic_speakers
 
@@ -43,14 +43,14 @@ class DynamicMixtures(Dataset):
     """`length` new random mixtures per pass (see `mixing.draw_mixture`), each `segment` samples long; a fraction
     `same_speaker_fraction` of them mixes different utterances of one speaker (source n reading them from
     `same_speaker_voices[n]`, if given: e.g. f0-siblings). With `pause` (samples, min and max) every source is a passage
-    of its speaker's utterances with pauses of that length between them."""
+    of its speaker's utterances with pauses of that length between them. `room` (a `mixing.Room`) reverberates sources."""
 
     def __init__(
         self, speakers: Speakers, num_speakers: int, segment: int, gain_db: float, length: int, same_speaker_fraction: float = 0.0,
-        pause: tuple[int, int] | None = None, same_speaker_voices: Sequence[Speakers] | None = None,
+        pause: tuple[int, int] | None = None, same_speaker_voices: Sequence[Speakers] | None = None, room: Room | None = None,
     ) -> None:  # fmt: skip
         self.speakers, self.num_speakers, self.segment, self.gain_db, self.length = speakers, num_speakers, segment, gain_db, length
-        self.same_speaker_fraction, self.pause, self.same_speaker_voices = same_speaker_fraction, pause, same_speaker_voices
+        self.same_speaker_fraction, self.pause, self.same_speaker_voices, self.room = same_speaker_fraction, pause, same_speaker_voices, room
 
     def __len__(self) -> int:
         return self.length
@@ -58,7 +58,7 @@ class DynamicMixtures(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, str]:
         mixture = draw_mixture(
             self.speakers, self.num_speakers, self.segment, self.gain_db, fresh(), self.same_speaker_fraction, self.pause,
-            self.same_speaker_voices,
+            self.same_speaker_voices, self.room,
         )  # fmt: skip
         return *mixture, f"dynamic{index}"
 
@@ -131,6 +131,9 @@ class SeparationDataModule(L.LightningDataModule):
         passages: every source of a training mixture (dynamic mixing) is a passage: its speaker's utterances in a
             random order with pauses of PAUSE_SECONDS between them, enough to fill the segment (else one utterance,
             cropped or placed in silence), so that both speakers talk throughout, as in whole-utterance test mixtures.
+        reverb_fraction: fraction of the training sources (dynamic mixing) read in a synthetic room (`mixing.Room`:
+            reverberation time uniform in reverb_rt60 seconds, direct-to-reverberant ratio in reverb_drr_db dB), the
+            reverberant source being the one to estimate, as in recordings made in a room; validation and test unchanged.
         test_same_speaker: every test mixture (espeak or folder) mixes different utterances of one speaker.
         test_warps: one factor per source of every test mixture (espeak or folder), e.g. [1.0, 0.8]: source n is played
             faster by test_warps[n] (`audio.warp`: pitch and formants times the factor, as speed perturbation), so that
@@ -159,6 +162,9 @@ class SeparationDataModule(L.LightningDataModule):
         same_speaker_fraction: float = 0.0,
         same_speaker_f0_shift: float = 0.0,
         passages: bool = False,
+        reverb_fraction: float = 0.0,
+        reverb_rt60: Sequence[float] = (0.1, 0.5),
+        reverb_drr_db: Sequence[float] = (3.0, 15.0),
         test_same_speaker: bool = False,
         test_warps: Sequence[float] | None = None,
         train_mixtures: int = 400,
@@ -200,6 +206,11 @@ class SeparationDataModule(L.LightningDataModule):
                 f"data.test_warps={list(test_warps)} needs one positive factor per source (data.num_speakers={num_speakers}) "
                 f"and speakers to mix (data.test=espeak or folder, now {test}); or data.test_warps=null"
             )
+        if not 0 <= reverb_fraction <= 1 or (reverb_fraction and train in LAYOUTS):
+            raise ValueError(f"data.reverb_fraction={reverb_fraction} must be in [0, 1] and needs dynamic mixing (data.train=espeak or folder, not {train})")
+        if len(reverb_rt60) != 2 or not 0 < reverb_rt60[0] <= reverb_rt60[1] or len(reverb_drr_db) != 2 or reverb_drr_db[0] > reverb_drr_db[1]:
+            raise ValueError(f"data.reverb_rt60={list(reverb_rt60)} (seconds, 0 < low <= high) and data.reverb_drr_db={list(reverb_drr_db)} "
+                             "(dB, low <= high) must each be a range [low, high]")
         if passages and train in LAYOUTS:
             raise ValueError(f"data.passages needs dynamic mixing (data.train=espeak or folder, not {train})")
         self.name, self.num_speakers, self.sample_rate = name, num_speakers, sample_rate
@@ -211,6 +222,7 @@ class SeparationDataModule(L.LightningDataModule):
         self.same_speaker_f0_shift, self.test_same_speaker = same_speaker_f0_shift, test_same_speaker
         self.test_warps = None if test_warps is None else tuple(test_warps)
         self.pause = tuple(round(seconds * sample_rate) for seconds in PAUSE_SECONDS) if passages else None
+        self.room = Room(reverb_fraction, sample_rate, tuple(reverb_rt60), tuple(reverb_drr_db)) if reverb_fraction else None
         self.sizes = {"train": train_mixtures, "val": val_mixtures, "test": test_mixtures}
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE
@@ -250,7 +262,7 @@ class SeparationDataModule(L.LightningDataModule):
             check_utterances_per_speaker(train, self.num_speakers, "data.same_speaker_fraction")
         self.datasets["train"] = DynamicMixtures(
             train, self.num_speakers, self.segment, self.gain_db, self.sizes["train"], self.same_speaker_fraction, self.pause,
-            same_speaker_voices,
+            same_speaker_voices, self.room,
         )  # fmt: skip
         self.datasets["val"] = FixedMixtures(val, self.num_speakers, self.segment, self.gain_db, self.sizes["val"], self.seed)
 

@@ -5,10 +5,12 @@ set is the same every time (a fixed seed per item).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torchaudio.functional as AF
 from torch import Tensor
 
 
@@ -31,6 +33,32 @@ def place(utterance: Tensor, length: int, rng: np.random.Generator) -> Tensor:
     start = int(rng.integers(0, length - len(utterance) + 1))
     window[start : start + len(utterance)] = utterance
     return window
+
+
+@dataclass(frozen=True)
+class Room:
+    """Reverberation of a fraction of the sources (as read in a room, not at the synthesiser's output): a source is
+    convolved with a synthetic impulse response, a unit direct path followed by Gaussian noise that decays by 60 dB in
+    rt60 seconds, its energy direct path / drr; rt60 and drr (dB) uniform in their ranges per source. The reverberant
+    source is then the source to estimate, as a recording's room is part of its source."""
+
+    fraction: float
+    sample_rate: int
+    rt60: tuple[float, float] = (0.1, 0.5)
+    drr_db: tuple[float, float] = (3.0, 15.0)
+
+    def impulse_response(self, rng: np.random.Generator) -> Tensor:
+        rt60, drr_db = rng.uniform(*self.rt60), rng.uniform(*self.drr_db)
+        t = np.arange(1, max(2, round(rt60 * self.sample_rate))) / self.sample_rate
+        tail = rng.standard_normal(len(t)) * 10 ** (-3 * t / rt60)  # -60 dB at rt60
+        tail *= np.sqrt(10 ** (-drr_db / 10) / np.square(tail).sum())
+        return torch.from_numpy(np.concatenate([[1.0], tail])).float()
+
+    def __call__(self, source: Tensor, rng: np.random.Generator) -> Tensor:
+        """source (T,) -> (T,): reverberant with probability `fraction` (the tail past T cut), else unchanged."""
+        if not self.fraction or rng.random() >= self.fraction:
+            return source
+        return AF.fftconvolve(source, self.impulse_response(rng))[: len(source)]
 
 
 def mix(utterances: Sequence[Tensor], length: int | None, gain_db: float, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
@@ -80,16 +108,20 @@ def draw_mixture(
     speakers: Sequence[Sequence[Tensor]], num_speakers: int, length: int | None, gain_db: float, rng: np.random.Generator,
     same_speaker_fraction: float = 0.0, pause: tuple[int, int] | None = None,
     same_speaker_voices: Sequence[Sequence[Sequence[Tensor]]] | None = None,
+    room: Callable[[Tensor, np.random.Generator], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """One random mixture (see `mix`) of the speakers `pick_utterances` draws: each source one utterance, or, with
     `pause` (samples, min and max), a passage of its speaker's utterances (`read_on`) that fills `length`.
     `same_speaker_voices[n][s]`: what source n of a same-speaker mixture of speaker s reads instead of speakers[s]
-    (utterance u the same sentence as speakers[s][u], e.g. by an f0-sibling voice of s)."""
+    (utterance u the same sentence as speakers[s][u], e.g. by an f0-sibling voice of s). `room` (e.g. a `Room`)
+    transforms each source before mixing."""
     picked = pick_utterances(speakers, num_speakers, rng, same_speaker_fraction)
     same_speaker = len({s for s, _ in picked}) == 1
     voices = same_speaker_voices if same_speaker and same_speaker_voices is not None else [speakers] * num_speakers
     readings = [[voices[n][s][u] for u in order] for n, (s, order) in enumerate(picked)]  # source n's utterances, in order
     sources = [reading[0] for reading in readings] if pause is None else [read_on(reading, length, pause, rng) for reading in readings]
+    if room is not None:
+        sources = [room(source, rng) for source in sources]
     return mix(sources, length, gain_db, rng)
 
 

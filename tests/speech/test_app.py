@@ -90,9 +90,10 @@ def test_models_train_one_step(model, tmp_path, cache):
     assert torch.isfinite(torch.tensor(metrics["test/si_snri"]))
 
 
-def test_passages_f0_siblings_and_max_steps_inside_the_first_epoch(tmp_path, cache):
+def test_passages_f0_siblings_rooms_and_max_steps_inside_the_first_epoch(tmp_path, cache):
     # one step of two: the epoch ends before validation, and early stopping (checked after validations) lets it end
     metrics = cli("train", *TINY_MODEL, *TINY_DATA, "data.passages=true", "data.same_speaker_fraction=0.5", "trainer.max_steps=1",
+                  "data.reverb_fraction=0.5", "data.reverb_rt60=[0.2,0.3]",
                   "data.same_speaker_f0_shift=0.3", cache, f"paths.runs={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert metrics_of(tmp_path / "run")["steps"] == 1 and torch.isfinite(torch.tensor(metrics["test/si_snri"]))
 

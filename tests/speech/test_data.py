@@ -16,7 +16,7 @@ from torch import Tensor
 from apps.speech.audio import warp
 from apps.speech.data import DynamicMixtures, FixedMixtures, SeparationDataModule
 from apps.speech.espeak import Voice, synthesize
-from apps.speech.mixing import draw_mixture, mix, pick_utterances, place, read_on
+from apps.speech.mixing import Room, draw_mixture, mix, pick_utterances, place, read_on
 from apps.speech.sources import PreparedMixtures, folder_speakers
 from apps.speech.tts import ACCENTS, VARIANTS, cache_file, espeak_voice, f0_factor, sibling_voice, synthetic_speakers
 
@@ -184,6 +184,35 @@ def test_same_speaker_draws_read_from_f0_siblings(pause):
     assert same_speaker_draws >= 10
 
 
+def test_room_impulse_responses_decay_at_their_rt60_with_their_direct_to_reverberant_ratio():
+    room = Room(1.0, 8000, rt60=(0.4, 0.4), drr_db=(10.0, 10.0))
+    rir = room.impulse_response(np.random.default_rng(0))
+    assert len(rir) == 3200 and rir[0] == 1.0
+    assert 10 * math.log10(1.0 / rir[1:].square().sum()) == pytest.approx(10.0, abs=1e-4)  # the direct path over the tail
+    early, late = rir[1:401].square().mean(), rir[-400:].square().mean()  # 0-50 ms against 350-400 ms
+    assert 10 * math.log10(early / late) == pytest.approx(60 * 0.35 / 0.4, abs=3)  # 60 dB per rt60
+    click = torch.zeros(4000)
+    click[100] = 1.0
+    rng = np.random.default_rng(0)
+    rng.random()  # the draw against the fraction comes first
+    assert torch.allclose(room(click, np.random.default_rng(0)), F.pad(room.impulse_response(rng), (100, 700)), atol=1e-6)
+    assert room(click, np.random.default_rng(1)).shape == click.shape  # the tail past the end cut
+    assert Room(0.0, 8000)(click, np.random.default_rng(0)) is click
+
+
+def test_dynamic_mixtures_reverberate_their_fraction_of_sources():
+    click = torch.zeros(300)
+    click[0] = 1.0
+    speakers = [[click] for _ in range(4)]
+    for fraction, expected in ((0.0, 0.0), (1.0, 1.0), (0.5, 0.5)):
+        dynamic = DynamicMixtures(speakers, 2, 800, 0.0, length=400, room=Room(fraction, 8000, rt60=(0.05, 0.05)))
+        reverberant = []
+        for mixture, sources, _ in (dynamic[i] for i in range(200)):
+            assert torch.allclose(mixture, sources.sum(0), atol=1e-6)
+            reverberant += [(source != 0).sum().item() > 1 for source in sources]  # a click has one sample, a room many
+        assert np.mean(reverberant) == pytest.approx(expected, abs=0.07)
+
+
 def test_passages_read_on_with_pauses_until_the_segment_is_full():
     rng = np.random.default_rng(2)
     utterances = [torch.full((100,), float(k + 1)) for k in range(5)]
@@ -298,6 +327,12 @@ def test_datamodule_rejects_bad_settings(tmp_path):
             SeparationDataModule(same_speaker_f0_shift=0.3, **bad)
     with pytest.raises(ValueError, match="must be >= 0"):
         SeparationDataModule(same_speaker_fraction=0.5, same_speaker_f0_shift=-0.1)
+    with pytest.raises(ValueError, match="data.reverb_fraction=0.5 must be in"):
+        SeparationDataModule(train="librimix", train_path="x", reverb_fraction=0.5)
+    for bad in ({"reverb_rt60": [0.5, 0.1]}, {"reverb_rt60": [0.0, 0.1]}, {"reverb_drr_db": [10.0]}):
+        with pytest.raises(ValueError, match="must each be a range"):
+            SeparationDataModule(reverb_fraction=0.5, **bad)
+    assert SeparationDataModule(reverb_fraction=0.5, sample_rate=16000).room == Room(0.5, 16000, (0.1, 0.5), (3.0, 15.0))
     assert SeparationDataModule(passages=True, sample_rate=16000).pause == (1600, 8000)
     data = SeparationDataModule(train_voices=2, val_voices=2, utterances_per_voice=1, same_speaker_fraction=0.5, cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="raise data.utterances_per_voice"):
