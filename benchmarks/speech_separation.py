@@ -102,6 +102,8 @@ def training_data(data: DictConfig) -> str:
     if data.get("same_speaker_f0_shift"):
         same += f" (f0-siblings, shift {data.same_speaker_f0_shift:g})"
     passages = ", sources read on sentence after sentence" if data.get("passages") else ""
+    if data.get("reverb_fraction"):
+        passages += f", {data.reverb_fraction:.0%} of the sources in a synthetic room (rt60 {data.reverb_rt60[0]:g}-{data.reverb_rt60[1]:g} s)"
     return f"{' + '.join(data.engines)} dynamic mixtures of {data.segment_seconds:g} s{same}{passages}"
 
 

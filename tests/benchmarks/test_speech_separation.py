@@ -28,6 +28,8 @@ def test_the_results_name_the_training_voices_and_same_speaker_share():
     )
     data.same_speaker_f0_shift = 0.3
     assert "30% of them same-speaker (f0-siblings, shift 0.3)," in speech_separation.training_data(data)
+    data.reverb_fraction, data.reverb_rt60 = 0.5, [0.1, 0.5]
+    assert speech_separation.training_data(data).endswith(", 50% of the sources in a synthetic room (rt60 0.1-0.5 s)")
 
 
 def test_the_cache_is_filled_with_the_f0_siblings_the_runs_read(tmp_path, monkeypatch):
