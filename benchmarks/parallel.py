@@ -12,15 +12,18 @@ from collections.abc import Mapping
 from pathlib import Path
 
 
+FAILURE_LINES = 25  # of a failed job's log, in its failure message
+
+
 def run_parallel(jobs: Mapping[str, list[str]], logs: Path, parallel: int, threads: int | None = None,
                  keep_going: bool = False) -> list[str]:
     """Run {name: command} in order, at most `parallel` at a time, each writing stdout and stderr to logs/<name>.log.
 
     threads: OMP_NUM_THREADS / MKL_NUM_THREADS of every process (None: inherited), so that processes sharing a
     machine do not each start a thread per core. A failing process gets its exit status (or the signal that
-    killed it) appended to its log; it stops the others and raises SystemExit naming its log, unless `keep_going`:
-    then the failure and its log are printed as it happens and the names of the failed jobs returned (empty when all
-    succeeded).
+    killed it) appended to its log; it stops the others and raises SystemExit naming its log and quoting its last
+    FAILURE_LINES lines (the log may not outlive the machine), unless `keep_going`: then that message is printed as it
+    happens and the names of the failed jobs returned (empty when all succeeded).
     """
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ) if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -40,7 +43,8 @@ def run_parallel(jobs: Mapping[str, list[str]], logs: Path, parallel: int, threa
                 reason = exit_reason(process.returncode)
                 with open(logs / f"{name}.log", "a") as log:
                     log.write(f"\n[run_parallel] {name} failed: {reason}\n")
-                message = f"{name} failed ({reason}); see {logs / (name + '.log')}"
+                lines = (logs / f"{name}.log").read_text(errors="replace").splitlines()[-FAILURE_LINES:]
+                message = f"{name} failed ({reason}); see {logs / (name + '.log')}, which ends:\n" + "\n".join(f"    {line}" for line in lines)
                 if not keep_going:
                     for _, other in running:
                         other.terminate()

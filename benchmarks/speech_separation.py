@@ -10,7 +10,9 @@ Every model trains on the same two-speaker dynamic mixtures of espeak-ng voices 
 mixtures), then its best checkpoint is tested again (`eval`) on 64 mixtures of 8 espeak-ng voices that neither
 training nor validation used (ESPEAK_TEST; espeak-ng voices also when the training voices interleave flite's,
 `-- data.engines=[espeak,flite]`): mixtures of different speakers, and of two sentences of one speaker (HELD_OUT).
-The second tells a model that cannot separate one speaker from one that cannot separate real speech. The synthetic speech is
+The second tells a model that cannot separate one speaker from one that cannot separate real speech; so does a last test, on
+the LibriVox mixtures with the second source played WARP times faster (`data.test_warps`: two apparent speakers of real
+speech). The synthetic speech is
 synthesised once into a shared cache before the models start (one synthesiser per CPU core); the models
 then train in parallel processes (on one GPU: trainer=gpu is added when CUDA is available; since session 16 the
 training steps are replayed as CUDA graphs there, the apps' default). Prints the table

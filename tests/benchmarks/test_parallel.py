@@ -22,10 +22,11 @@ def test_a_failure_stops_the_others_or_is_returned(tmp_path, capsys):
     jobs = {"bad": python("raise SystemExit(3)"), "slow": python("import time; time.sleep(30)")}
     with pytest.raises(SystemExit, match=r"bad failed \(exit 3\); see .*bad.log"):
         run_parallel(jobs, tmp_path, parallel=2)
-    jobs = {"bad": python("raise SystemExit(3)"), "good": python("pass")}
+    jobs = {"bad": python("print('step 7: loss is nan'); raise SystemExit(3)"), "good": python("pass")}
     assert run_parallel(jobs, tmp_path, parallel=1, keep_going=True) == ["bad"]
     assert (tmp_path / "bad.log").read_text().endswith("[run_parallel] bad failed: exit 3\n")
-    assert f"bad failed (exit 3); see {tmp_path / 'bad.log'}" in capsys.readouterr().err  # where to look, as it happens
+    printed = capsys.readouterr().err  # where to look and why, as it happens (the log may go with the machine)
+    assert f"bad failed (exit 3); see {tmp_path / 'bad.log'}, which ends:\n    step 7: loss is nan\n" in printed
 
 
 def test_a_killed_job_says_by_which_signal(tmp_path):
