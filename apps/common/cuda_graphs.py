@@ -16,11 +16,18 @@ What a graph needs, as any CUDA graph: a forward and backward without host synch
 data-dependent shapes); a network that has one trains eagerly after a warning (an error with `enabled=true`). And the
 network's outputs are the graph's static buffers: the caller uses them before the next training call, as a training
 step does.
+
+Graphs are captured in CUDA's thread-local capture mode, as Inductor's are: in the default global mode a CUDA call from
+any other thread during the capture, such as the DataLoader's pin-memory thread pinning the next batch, invalidates the
+capture and fails in that thread, which ended training (session 20: the speech benchmark's Conv-TasNet, twice in five
+runs, on an H100).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
@@ -54,6 +61,18 @@ def _own_pending_gradients(parameters: list[nn.Parameter]) -> None:
     if pending:
         for parameter, own in zip(pending, torch._foreach_mul([p.grad for p in pending], 1.0)):
             parameter.grad = own
+
+
+@contextlib.contextmanager
+def _thread_local_capture() -> Iterator[None]:
+    """torch.cuda.graph captures in "thread_local" mode inside the block (make_graphed_callables takes no mode and calls
+    torch.cuda.graph with the default, "global"): other threads may then use CUDA while this one captures."""
+    original = torch.cuda.graph
+    torch.cuda.graph = functools.partial(original, capture_error_mode="thread_local")
+    try:
+        yield
+    finally:
+        torch.cuda.graph = original
 
 
 def _generator(device: torch.device) -> torch.Generator:
@@ -116,7 +135,7 @@ class GraphedForward:
         try:
             # autocast as the caller has it, without its cast cache, which graphs cannot use
             autocast_dtype = signature[1]
-            with torch.autocast("cuda", dtype=autocast_dtype or None, enabled=bool(autocast_dtype), cache_enabled=False):
+            with torch.autocast("cuda", dtype=autocast_dtype or None, enabled=bool(autocast_dtype), cache_enabled=False), _thread_local_capture():
                 torch.cuda.make_graphed_callables(module, samples, allow_unused_input=True)
         except Exception as error:
             # a failed capture leaves the device's random generator in capture mode, where every later random op

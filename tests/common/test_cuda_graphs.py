@@ -1,6 +1,8 @@
 """CUDA graphs for training steps (apps.common.cuda_graphs): the dispatch rules on CPU, real captures on the GPU."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -126,6 +128,22 @@ def test_a_failed_capture_outside_strict_mode_warns_and_trains_eagerly(monkeypat
     assert graphed.replays == 0 and graphed.eager_training_calls == 2
 
 
+def test_the_capture_is_thread_local_and_the_default_mode_comes_back(monkeypatch):
+    modes = []
+    stub_capture(monkeypatch)
+    capture = torch.cuda.make_graphed_callables  # the stub
+
+    def make_graphed_callables(module, sample_args, **kwargs):
+        modes.append(torch.cuda.graph.keywords["capture_error_mode"])  # what torch.cuda.graph(...) is called with
+        return capture(module, sample_args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", make_graphed_callables)
+    original = torch.cuda.graph
+    GraphedForward.install(net := nn.Linear(3, 1), strict=True)
+    net(torch.randn(2, 3))
+    assert modes == ["thread_local"] and torch.cuda.graph is original
+
+
 def test_pending_gradients_get_their_own_memory_before_a_replay_overwrites_the_static_ones():
     """A stand-in for a replay: it overwrites a static buffer (as a replay's forward may: both graphs share one memory
     pool) and its backward hands autograd an alias of that buffer (as make_graphed_callables' does). Accumulated over
@@ -210,6 +228,41 @@ def test_gpu_graphed_training_matches_eager_training(mixer):
     with torch.no_grad():
         torch.testing.assert_close(net(batches[1]), type(net).forward(net, batches[1]))
     assert graphed.replays == 8
+
+
+class PinsWhileCaptured(Net):
+    """Net whose forward, while it is being captured, has another thread pin fresh host memory (a cudaHostAlloc), as the
+    DataLoader's pin-memory thread does at any time, and waits for it."""
+
+    def __init__(self, dim: int, mixer: str) -> None:
+        super().__init__(dim, mixer)
+        self.errors: list[Exception] = []
+
+    def pin(self) -> None:
+        try:
+            torch.empty(1 << 27, dtype=torch.uint8, pin_memory=True)
+        except Exception as error:
+            self.errors.append(error)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.cuda.is_current_stream_capturing():
+            thread = threading.Thread(target=self.pin)
+            thread.start()
+            thread.join()
+        return super().forward(x)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_another_thread_may_use_cuda_while_a_graph_is_captured():
+    """In the default global capture mode the pinning thread fails ("operation not permitted when stream is capturing")
+    and the capture with it: session 20's speech benchmark lost a Conv-TasNet training so."""
+    net = PinsWhileCaptured(64, "attention").cuda()
+    graphed = GraphedForward.install(net, strict=True)
+    x, y = torch.randn(4, 96, 64, device="cuda"), torch.randn(4, 96, 1, device="cuda")
+    for _ in range(3):
+        (net(x) - y).square().mean().backward()
+    assert net.errors == [] and graphed.replays == 3
 
 
 @pytest.mark.gpu
