@@ -38,9 +38,9 @@ def place(utterance: Tensor, length: int, rng: np.random.Generator) -> Tensor:
 @dataclass(frozen=True)
 class Room:
     """Reverberation of a fraction of the sources (as read in a room, not at the synthesiser's output): a source is
-    convolved with a synthetic impulse response, a unit direct path followed by Gaussian noise that decays by 60 dB in
-    rt60 seconds, its energy direct path / drr; rt60 and drr (dB) uniform in their ranges per source. The reverberant
-    source is then the source to estimate, as a recording's room is part of its source."""
+    convolved with a synthetic impulse response: a unit direct path, then Gaussian noise that decays by 60 dB in rt60
+    seconds, with drr_db dB less energy than the direct path; rt60 and drr_db drawn uniformly in their ranges per source.
+    The reverberant source is then the source to estimate, as a recording's room is part of its source."""
 
     fraction: float
     sample_rate: int
@@ -48,6 +48,7 @@ class Room:
     drr_db: tuple[float, float] = (3.0, 15.0)
 
     def impulse_response(self, rng: np.random.Generator) -> Tensor:
+        """A random impulse response (round(rt60 x sample_rate) samples, float32)."""
         rt60, drr_db = rng.uniform(*self.rt60), rng.uniform(*self.drr_db)
         t = np.arange(1, max(2, round(rt60 * self.sample_rate))) / self.sample_rate
         tail = rng.standard_normal(len(t)) * 10 ** (-3 * t / rt60)  # -60 dB at rt60
