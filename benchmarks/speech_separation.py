@@ -16,7 +16,9 @@ speech). The synthetic speech is
 synthesised once into a shared cache before the models start (one synthesiser per CPU core); the models
 then train in parallel processes (on one GPU: trainer=gpu is added when CUDA is available; since session 16 the
 training steps are replayed as CUDA graphs there, the apps' default). Prints the table
-and writes benchmarks/results/<out>.{json,md} with device, versions and date.
+and writes benchmarks/results/<out>.{json,md} with device, versions and date. Each run has its folder in --runs-dir
+(<model>, <model>_<test>); a run that finished with the same command is kept, so the same command started again
+(after a time limit, say) trains and tests only what is missing, and a model trained again is tested again.
 On CPU use --parallel 1: four models at once on a 2-core, 23 GB machine ran Gated DeltaNet (the chunk form on CPU)
 out of memory in the smoke run above (session 9); the other three finished in 13 minutes.
 """
@@ -27,6 +29,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,7 +48,7 @@ from apps.speech.model import count_parameters
 from apps.speech.sources import folder_speakers
 from apps.speech.task import build_model
 from apps.speech.tts import synthesize_into_cache
-from benchmarks.parallel import run_parallel, step_budget
+from benchmarks.parallel import run_parallel, step_budget, unfinished
 
 MODELS = {  # similar sizes: about 1.5 M parameters each (the table lists them)
     "attention": ["model/mixer=attention", "model.d_model=144", "model.mlp_expand=4.0"],
@@ -110,22 +113,24 @@ def training_data(data: DictConfig) -> str:
 
 
 def command(model: str, runs_dir: Path, overrides: list[str]) -> list[str]:
+    """Train `model` into runs_dir/<model>."""
     return [sys.executable, "-m", "apps.speech", "train", "experiment=separation", f"name=separation_{model}",
-            f"paths.runs={runs_dir}", *MODELS[model], *QUIET, *overrides]  # fmt: skip
+            f"paths.runs={runs_dir}", f"hydra.run.dir={runs_dir / model}", *MODELS[model], *QUIET, *overrides]  # fmt: skip
 
 
 def held_out_test_command(model: str, runs_dir: Path, overrides: list[str], test: str) -> list[str]:
-    """Test the trained model again (its best checkpoint, or the last where no validation ran) on a held-out test of HELD_OUT."""
-    checkpoints = Path(record_of(model, runs_dir)["run_dir"]) / "checkpoints"
+    """Test the trained model again (its best checkpoint, or the last where no validation ran) on a held-out test of HELD_OUT,
+    into runs_dir/<model>_<test>."""
+    checkpoints = runs_dir / model / "checkpoints"
     checkpoint = next(path for path in (checkpoints / "best.ckpt", checkpoints / "last.ckpt") if path.exists())
-    return [sys.executable, "-m", "apps.speech", "eval", f"ckpt_path={checkpoint}",
-            f"name=separation_{model}_{test}", f"paths.runs={runs_dir}", *QUIET, *held_out_test(overrides, test)]  # fmt: skip
+    return [sys.executable, "-m", "apps.speech", "eval", f"ckpt_path={checkpoint}", f"name=separation_{model}_{test}",
+            f"paths.runs={runs_dir}", f"hydra.run.dir={runs_dir / f'{model}_{test}'}", *QUIET, *held_out_test(overrides, test)]  # fmt: skip
 
 
 def record_of(run_name: str, runs_dir: Path) -> dict:
-    """metrics.json of the run; {"metrics": {}} where the run failed."""
-    paths = list((runs_dir / "speech" / f"separation_{run_name}").rglob("metrics.json"))
-    return json.loads(paths[0].read_text()) if paths else {"metrics": {}}
+    """metrics.json of the run in runs_dir/<run_name>; {"metrics": {}} where it failed or has not run."""
+    path = runs_dir / run_name / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {"metrics": {}}
 
 
 def per_mixture(record: dict) -> dict[str, float]:
@@ -186,12 +191,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000, help="optimizer steps of every model (the same for all)")
     parser.add_argument("--minutes", type=float, default=5.0, help="time cap of every training run (a run that reaches it makes fewer steps)")
     parser.add_argument("--out", default="speech_separation", help="file stem of the results under benchmarks/results")
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs/benchmarks"), help="runs go to a new dated folder in it")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/benchmarks/speech_separation"),
+                        help="the runs (one folder each) and the speech cache; a run that finished with the same command is kept, "
+                        "so the same command started again runs only the rest")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. data.engines=[espeak,flite]")
     args = parser.parse_args()
-    cache_dir = args.runs_dir.resolve() / "speech_cache"  # kept between invocations
-    args.runs_dir = args.runs_dir.resolve() / f"speech_separation_{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
-    args.runs_dir.mkdir(parents=True)
+    args.runs_dir = args.runs_dir.resolve()
+    cache_dir = args.runs_dir / "speech_cache"  # kept between invocations
     cores = os.cpu_count() or 1
     overrides = [f"data.cache_dir={cache_dir}", *(["trainer=gpu"] if torch.cuda.is_available() else []), *args.overrides]
     data = compose_config(overrides).data
@@ -205,10 +211,20 @@ def main() -> None:
     print(f"speech cache ready in {synthesis_seconds:.0f} s", flush=True)
     threads = max(1, cores // args.parallel)
     jobs = {model: command(model, args.runs_dir, overrides) for model in args.models}
-    failed = run_parallel(jobs, args.runs_dir, args.parallel, threads=threads, keep_going=True)  # one failure loses no other model
+    todo = unfinished(jobs, {model: args.runs_dir / model for model in jobs})
+    if len(todo) < len(jobs):
+        print(f"kept from an earlier start with the same command: {', '.join(sorted(set(jobs) - set(todo)))} (delete their folders "
+              f"in {args.runs_dir} to train them again)", flush=True)
+    failed = run_parallel(todo, args.runs_dir, args.parallel, threads=threads, keep_going=True)  # one failure loses no other model
     trained = [model for model in args.models if model not in failed]
-    tests = {f"{model}_{test}": held_out_test_command(model, args.runs_dir, overrides, test) for model in trained for test in HELD_OUT}
-    failed += run_parallel(tests, args.runs_dir, args.parallel, threads=threads, keep_going=True)
+    tests = {}
+    for model in trained:
+        for test in HELD_OUT:
+            tests[f"{model}_{test}"] = held_out_test_command(model, args.runs_dir, overrides, test)
+            if model in todo:  # trained now: tested anew, though the test's command (its checkpoint's path) is the same
+                shutil.rmtree(args.runs_dir / f"{model}_{test}", ignore_errors=True)
+    failed += run_parallel(unfinished(tests, {name: args.runs_dir / name for name in tests}), args.runs_dir, args.parallel,
+                           threads=threads, keep_going=True)
     rows = [row(model, args.runs_dir, overrides) for model in trained]
     text = markdown(rows)
     print(text)

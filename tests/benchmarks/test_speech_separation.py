@@ -2,7 +2,9 @@
 its results say what the models trained on."""
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -64,3 +66,42 @@ def test_the_gap_comes_with_its_per_mixture_spread(tmp_path):
     # differences 1, 2, -0.5: mean 0.83, standard deviation 1.26, standard error 0.73
     assert speech_separation.paired(rows[0], rows[1], "test/si_snri") == " (per mixture: +0.83 ± 0.73 dB standard error, ahead on 2 of 3)"
     assert speech_separation.per_mixture({"run_dir": str(tmp_path / "none")}) == {} == speech_separation.per_mixture({})
+
+
+def test_a_second_start_runs_only_what_is_missing(tmp_path, monkeypatch):
+    """Trainings and tests faked (each writes its run folder's metrics.json, a checkpoint and per-mixture scores): a
+    start after one whose Conv-TasNet test was cut off runs that test only; a changed budget trains and tests again."""
+    ran = []
+
+    def fake_run_parallel(jobs, logs, parallel, threads=None, keep_going=False):
+        for name, command in jobs.items():
+            ran.append(name)
+            run_dir = Path(next(a for a in command if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (run_dir / "checkpoints" / "best.ckpt").touch()
+            metrics = {key: 1.0 for key in [*speech_separation.METRICS, "test/si_snri"]}
+            (run_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "steps": 5, "seconds": 1.0, "run_dir": str(run_dir)}))
+            pd.DataFrame({"mixture": ["a"], "si_snri": [1.0]}).to_csv(run_dir / "test_per_utterance.csv", index=False)
+        return []
+
+    monkeypatch.setattr(speech_separation, "run_parallel", fake_run_parallel)
+    monkeypatch.setattr(speech_separation, "presynthesize", lambda overrides, workers: None)
+    monkeypatch.setattr(speech_separation, "RESULTS", tmp_path / "results")
+    librivox = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    if not (librivox / "speech" / "librivox").is_dir():
+        pytest.skip(f"no recordings under {librivox}")
+
+    def start(*overrides):
+        ran.clear()
+        argv = ["speech_separation", "--runs-dir", str(tmp_path / "runs"), "--models", "attention", "convtasnet", "--steps", "5",
+                "--", f"paths.data={librivox}", *overrides]
+        monkeypatch.setattr(sys, "argv", argv)
+        speech_separation.main()
+        return sorted(ran)
+
+    tests = list(speech_separation.HELD_OUT)
+    assert start() == sorted(["attention", "convtasnet", *(f"{m}_{t}" for m in ("attention", "convtasnet") for t in tests)])
+    (tmp_path / "runs" / "convtasnet_librivox_warped" / "metrics.json").unlink()  # that test was cut off
+    assert start() == ["convtasnet_librivox_warped"]
+    assert "| convtasnet | " in (tmp_path / "results" / "speech_separation.md").read_text()
+    assert start("data.gain_db=3.0") == sorted(["attention", "convtasnet", *(f"{m}_{t}" for m in ("attention", "convtasnet") for t in tests)])
