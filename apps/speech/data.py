@@ -1,7 +1,7 @@
 """SeparationDataModule: batches of (mixture (B, T), sources (B, N, T), names: B strings) for N-speaker separation.
 
 Training mixtures are made on the fly (dynamic mixing: random speakers, utterances, gains and offsets) from
-single-speaker speech: synthetic voices (`espeak`: espeak-ng, the offline default, and optionally flite), a folder
+single-speaker speech: synthetic voices (`espeak`: espeak-ng, the offline default, and optionally flite and Festival), a folder
 of recordings (`folder`), or the crops of a prepared set (`librimix`, `wsj0_mix`). Validation and test sets are
 fixed (a seed per item); test mixtures are whole utterances (the shorter one's length, "min" mode), one per batch.
 """
@@ -119,7 +119,8 @@ class SeparationDataModule(L.LightningDataModule):
         segment_seconds: length of training and validation mixtures.
         gain_db: each source's level is drawn uniformly in [-gain_db, gain_db] dB (relative, unit RMS).
         engines: synthesisers of the synthetic voices, interleaved: speaker i is speaker i // len(engines) of
-            engines[i % len(engines)] (see `tts.engine_speaker`); "espeak" (espeak-ng, pip) and "flite" (a program).
+            engines[i % len(engines)] (see `tts.engine_speaker`); "espeak" (espeak-ng, pip), "flite" and "festival"
+            (programs: see `flite.FIX`, `festival.FIX`).
         train_voices, val_voices, test_voices: synthetic speakers of each set (disjoint); for "folder" training,
             the last val_voices speakers of the folder validate.
         utterances_per_voice: sentences each synthetic voice reads (at most 50).

@@ -1,10 +1,12 @@
 """A multi-speaker corpus from speech synthesisers: many voices of espeak-ng (accent x variant x pitch x rate x
-pitch range) and optionally flite (base voice x f0 mean and spread x tempo x warp), each reading Harvard sentences
+pitch range) and optionally flite (base voice x f0 mean and spread x tempo x warp) and Festival (base voice x f0 x tempo
+x warp), each reading Harvard sentences
 (IEEE 1969), synthesised once, resampled (torchaudio) and cached on disk as 16-bit samples at the rate asked for.
 
     speakers = synthetic_speakers(range(0, 40), utterances=20, sample_rate=8000, cache_dir="~/.cache/seqmix/speech")
     # speakers[i]: list of 1-D float32 tensors, utterances of voice i, leading/trailing silence trimmed
     synthetic_speakers(range(0, 40), 20, 8000, cache_dir, engines=("espeak", "flite"))  # even i: espeak, odd i: flite
+    synthetic_speakers(range(0, 40), 20, 8000, cache_dir, engines=("espeak", "flite", "festival"))  # i % 3 picks
     synthetic_speakers(range(0, 40), 20, 8000, cache_dir, sibling=1, f0_shift=0.3)  # f0-siblings: f0 x or / 1.15-1.3
 """
 from __future__ import annotations
@@ -25,9 +27,10 @@ import torch
 import torchaudio
 from torch import Tensor
 
-from apps.speech import espeak, flite
+from apps.speech import espeak, festival, flite
 from apps.speech.audio import trim_silence
 from apps.speech.espeak import Voice
+from apps.speech.festival import FestivalVoice
 from apps.speech.flite import FliteVoice
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,20 @@ def flite_voice(index: int) -> FliteVoice:
     )
 
 
+def festival_voice(index: int) -> FestivalVoice:
+    """Festival speaker `index`: a reproducible random base voice (of `festival.PACKAGES`), f0 factor (0.85-1.2; 1 for
+    the HTS voices, which ignore it), duration stretch (0.9-1.2) and warp (0.9-1.1)."""
+    rng = np.random.default_rng([CATALOGUE_SEED, index, 4])
+    base = str(rng.choice(list(festival.PACKAGES)))
+    f0 = round(float(rng.uniform(0.85, 1.2)), 2)
+    return FestivalVoice(
+        voice=base,
+        f0=1.0 if base in festival.HTS else f0,
+        stretch=round(float(rng.uniform(0.9, 1.2)), 2),
+        warp=round(float(rng.uniform(0.9, 1.1)), 2),
+    )
+
+
 def f0_factor(index: int, sibling: int, shift: float) -> float:
     """The f0 factor f of f0-sibling `sibling` (>= 1) of an engine's speaker `index`: |ln f| uniform in
     [ln(1 + shift / 2), ln(1 + shift)], the sign random, the same on every machine for every shift."""
@@ -93,7 +110,9 @@ class Engine:
 ENGINES = {
     "espeak": Engine(espeak_voice, espeak.synthesize, espeak.with_f0),
     "flite": Engine(flite_voice, flite.synthesize, flite.with_f0),
+    "festival": Engine(festival_voice, festival.synthesize, festival.with_f0),
 }
+Speaker = Voice | FliteVoice | FestivalVoice
 
 
 def engine_speaker(index: int, engines: Sequence[str]) -> tuple[str, int]:
@@ -103,7 +122,7 @@ def engine_speaker(index: int, engines: Sequence[str]) -> tuple[str, int]:
     return engines[index % len(engines)], index // len(engines)
 
 
-def sibling_voice(engine: str, index: int, sibling: int = 0, f0_shift: float = 0.0) -> Voice | FliteVoice:
+def sibling_voice(engine: str, index: int, sibling: int = 0, f0_shift: float = 0.0) -> Speaker:
     """Speaker `index` of `engine` (sibling 0) or its f0-sibling `sibling`: the same voice with its f0 scaled by
     `f0_factor(index, sibling, f0_shift)` (see the engine's `with_f0`)."""
     voice = ENGINES[engine].voice(index)
@@ -118,7 +137,7 @@ def sentences_of(index: int, count: int) -> list[int]:
     return sorted(rng.choice(len(SENTENCES), size=count, replace=False).tolist())
 
 
-def cache_file(cache_dir: Path, engine: str, speaker: Voice | FliteVoice, sample_rate: int) -> Path:
+def cache_file(cache_dir: Path, engine: str, speaker: Speaker, sample_rate: int) -> Path:
     """Where the utterances of `speaker` at `sample_rate` are kept: one .npz, an int16 array per sentence, named by
     engine, rate and voice parameters only (a cache filled on one machine serves another)."""
     return cache_dir / f"{engine}-{sample_rate}" / f"{speaker.name}.npz"

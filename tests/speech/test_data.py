@@ -316,7 +316,7 @@ def test_datamodule_rejects_bad_settings(tmp_path):
         SeparationDataModule(test="folder")
     with pytest.raises(ValueError, match="8000 or 16000"):
         SeparationDataModule(sample_rate=44100)
-    with pytest.raises(ValueError, match="must list some of espeak, flite, each once"):
+    with pytest.raises(ValueError, match="must list some of espeak, flite, festival, each once"):
         SeparationDataModule(engines=["espeak", "espeak"])
     with pytest.raises(ValueError, match="needs dynamic mixing"):
         SeparationDataModule(train="librimix", train_path="x", same_speaker_fraction=0.5)

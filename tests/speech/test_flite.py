@@ -1,5 +1,6 @@
 """flite voices: the command-line driver (rate, pitch, tempo, a missing program) and the catalogue that interleaves
-them with espeak-ng's (reproducible, cached by engine and voice parameters). Tests that run flite skip without it."""
+them with espeak-ng's (reproducible, cached by engine and voice parameters, for flite and Festival alike). Tests that
+run flite or Festival skip without it."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,7 @@ import torchaudio.functional as AF
 from apps.speech import flite
 from apps.speech.flite import FliteVoice, synthesize
 from apps.speech.tts import (
-    cache_file, engine_speaker, espeak_voice, f0_factor, flite_voice, sibling_voice, synthesize_into_cache, synthetic_speakers,
+    cache_file, engine_speaker, f0_factor, flite_voice, sibling_voice, synthesize_into_cache, synthetic_speakers,
 )  # fmt: skip
 
 needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="no flite program (sudo apt-get install flite)")
@@ -74,16 +75,21 @@ def test_flite_f0_siblings_scale_the_f0_settings_or_for_rms_the_warp():
         assert sibling.name != speaker.name  # its own cache file
 
 
-@pytest.mark.parametrize("engines", [("espeak",), pytest.param(("espeak", "flite"), marks=needs_flite)])
-def test_cache_fills_in_parallel_processes_and_serves_a_machine_without_flite(engines, tmp_path, monkeypatch):
+needs_festival = pytest.mark.skipif(shutil.which("text2wave") is None, reason="no Festival (see festival.FIX)")
+
+
+@pytest.mark.parametrize(
+    "engines",
+    [("espeak",), pytest.param(("espeak", "flite"), marks=needs_flite), pytest.param(("espeak", "festival"), marks=needs_festival)],
+)
+def test_cache_fills_in_parallel_processes_and_serves_a_machine_without_the_synthesiser(engines, tmp_path, monkeypatch):
     synthesize_into_cache(range(4), 2, 8000, tmp_path / "here", workers=2, engines=engines)
     fresh = synthetic_speakers(range(4), 2, 8000, tmp_path / "here", engines)
     shutil.copytree(tmp_path / "here", tmp_path / "there")  # a cache copied to another machine ...
-    monkeypatch.setenv("PATH", str(tmp_path))  # ... that has no flite
+    monkeypatch.setenv("PATH", str(tmp_path))  # ... that has no flite or Festival
     copied = synthetic_speakers(range(4), 2, 8000, tmp_path / "there", engines)
     assert all(torch.equal(a, b) for x, y in zip(fresh, copied) for a, b in zip(x, y))
     for index in range(4):
         engine, own = engine_speaker(index, engines)
-        speaker = (espeak_voice if engine == "espeak" else flite_voice)(own)
-        assert len(np.load(cache_file(tmp_path / "there", engine, speaker, 8000)).files) == 2
+        assert len(np.load(cache_file(tmp_path / "there", engine, sibling_voice(engine, own), 8000)).files) == 2
         assert all(0.5 * 8000 < len(u) < 6 * 8000 and u.abs().max() > 0.05 for u in copied[index])
