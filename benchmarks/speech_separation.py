@@ -212,8 +212,9 @@ def main() -> None:
     threads = max(1, cores // args.parallel)
     jobs = {model: command(model, args.runs_dir, overrides) for model in args.models}
     todo = unfinished(jobs, {model: args.runs_dir / model for model in jobs})
-    if len(todo) < len(jobs):
-        print(f"kept from an earlier start with the same command: {', '.join(sorted(set(jobs) - set(todo)))} (delete their folders "
+    kept = sorted(set(jobs) - set(todo))
+    if kept:
+        print(f"kept from an earlier start with the same command: {', '.join(kept)} (delete their folders "
               f"in {args.runs_dir} to train them again)", flush=True)
     failed = run_parallel(todo, args.runs_dir, args.parallel, threads=threads, keep_going=True)  # one failure loses no other model
     trained = [model for model in args.models if model not in failed]
@@ -236,11 +237,13 @@ def main() -> None:
         f"then on the first test's mixtures with the second source warped x{WARP}",
         "device": device, "cpu_cores": cores, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
         "torchaudio": torchaudio.__version__, "lightning": lightning.__version__, "overrides": overrides,
-        "synthesis_seconds": round(synthesis_seconds), "wall_seconds": round(time.perf_counter() - started), "rows": rows, "failed": failed,
+        "synthesis_seconds": round(synthesis_seconds), "wall_seconds": round(time.perf_counter() - started), "kept": kept, "rows": rows,
+        "failed": failed,
     }  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(info, indent=2, default=float) + "\n")
-    header = f"{info['benchmark']}; {device}; torch {torch.__version__}; {info['date']}; wall {info['wall_seconds']} s\n\n"
+    header = f"{info['benchmark']}; {device}; torch {torch.__version__}; {info['date']}; wall {info['wall_seconds']} s"
+    header += f" (this start; trained in an earlier one: {', '.join(kept)})\n\n" if kept else "\n\n"
     failures = "".join(f"\n{name}: failed, see {args.runs_dir / (name + '.log')}" for name in failed)
     (RESULTS / f"{args.out}.md").write_text(header + text + "\n" + failures)
     if failed:

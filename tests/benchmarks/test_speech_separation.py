@@ -103,5 +103,7 @@ def test_a_second_start_runs_only_what_is_missing(tmp_path, monkeypatch):
     assert start() == sorted(["attention", "convtasnet", *(f"{m}_{t}" for m in ("attention", "convtasnet") for t in tests)])
     (tmp_path / "runs" / "convtasnet_librivox_warped" / "metrics.json").unlink()  # that test was cut off
     assert start() == ["convtasnet_librivox_warped"]
-    assert "| convtasnet | " in (tmp_path / "results" / "speech_separation.md").read_text()
+    table = (tmp_path / "results" / "speech_separation.md").read_text()
+    assert "| convtasnet | " in table and "(this start; trained in an earlier one: attention, convtasnet)" in table
     assert start("data.gain_db=3.0") == sorted(["attention", "convtasnet", *(f"{m}_{t}" for m in ("attention", "convtasnet") for t in tests)])
+    assert "trained in an earlier one" not in (tmp_path / "results" / "speech_separation.md").read_text()
