@@ -8,7 +8,7 @@ Every model trains on the same two-speaker dynamic mixtures of espeak-ng voices 
 (`experiment=separation`: --steps of 8 two-second mixtures, 2,000 by default, each run capped at --minutes) and is tested on the
 20 mixtures of the five LibriVox recordings in ../shared/data/speech/librivox (all read by one person: same-speaker
 mixtures), then its best checkpoint is tested again (`eval`) on 64 mixtures of 8 espeak-ng voices that neither
-training nor validation used (ESPEAK_TEST; espeak-ng voices also when the training voices interleave flite's,
+training nor validation used (ESPEAK_TEST; espeak-ng voices also when the training voices interleave flite's or Festival's,
 `-- data.engines=[espeak,flite]`): mixtures of different speakers, and of two sentences of one speaker (HELD_OUT).
 The second tells a model that cannot separate one speaker from one that cannot separate real speech; so does a last test, on
 the LibriVox mixtures with the second source played WARP times faster (`data.test_warps`: two apparent speakers of real
