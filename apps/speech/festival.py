@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import soundfile
+
+from apps.speech.programs import run_program
 
 PROGRAM = "text2wave"
 PACKAGES = {  # the voices of the catalogue (tts.FESTIVAL_VOICES) and the Debian packages that ship them
@@ -64,16 +64,9 @@ class FestivalVoice:
 
 
 def run(arguments: list[str], text: str = "", program: str = PROGRAM) -> bytes:
-    """Standard output of `program *arguments` (text2wave or festival) with `text` on its standard input;
-    FileNotFoundError naming the fix when it is not installed, RuntimeError with its own message when it fails."""
-    path = shutil.which(program)
-    if path is None:
-        raise FileNotFoundError(f"the {program!r} program is not on PATH: {FIX}")
-    done = subprocess.run([path, *arguments], input=text.encode(), capture_output=True)
-    error = done.stderr.decode(errors="replace").strip()
-    if done.returncode or "SIOD ERROR" in error:  # Festival reports Scheme errors on stderr and exits 0
-        raise RuntimeError(f"{path} {' '.join(arguments)} failed (exit {done.returncode}): {error}; {FIX}")
-    return done.stdout
+    """Standard output of `program *arguments` (text2wave or festival) with `text` on its standard input; errors name
+    the fix (`programs.run_program`), also Scheme errors, which Festival reports on stderr with exit status 0."""
+    return run_program(program, arguments, FIX, text, error_marker="SIOD ERROR")
 
 
 @functools.cache

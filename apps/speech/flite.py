@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-import shutil
-import subprocess
 from dataclasses import dataclass
 
 import numpy as np
 import soundfile
+
+from apps.speech.programs import run_program
 
 PROGRAM = "flite"
 FIX = "install flite (Debian/Ubuntu: sudo apt-get install flite) or use the default espeak-ng voices (data.engines=[espeak])"
@@ -42,14 +42,7 @@ class FliteVoice:
 def run(arguments: list[str]) -> bytes:
     """Standard output of `flite *arguments`; FileNotFoundError naming the fix when flite is not installed, RuntimeError
     with flite's own message when it fails (a broken install: a shared library missing, say)."""
-    program = shutil.which(PROGRAM)
-    if program is None:
-        raise FileNotFoundError(f"the {PROGRAM!r} program is not on PATH: {FIX}")
-    done = subprocess.run([program, *arguments], capture_output=True)
-    if done.returncode:
-        error = done.stderr.decode(errors="replace").strip()
-        raise RuntimeError(f"{program} {' '.join(arguments)} failed (exit {done.returncode}): {error}; {FIX}")
-    return done.stdout
+    return run_program(PROGRAM, arguments, FIX)
 
 
 @functools.cache
