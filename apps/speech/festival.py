@@ -21,7 +21,7 @@ import soundfile
 from apps.speech.programs import run_program
 
 PROGRAM = "text2wave"
-PACKAGES = {  # the voices of the catalogue (tts.FESTIVAL_VOICES) and the Debian packages that ship them
+PACKAGES = {  # the voices of the catalogue (`tts.festival_voice` draws from them) and their Debian packages
     "kal_diphone": "festvox-kallpc16k",  # American English, male
     "ked_diphone": "festvox-kdlpc16k",  # American English, male
     "cmu_us_slt_arctic_hts": "festvox-us-slt-hts",  # American English, female (HTS)
