@@ -37,7 +37,7 @@ class EndSpawnedProcessGroup(L.Callback):
     """Destroy the process group at the end of every stage run in spawned processes (`ddp_spawn`), which end with it.
 
     Left alive, it sometimes made a process abort on exit ("terminate called without an active exception"): the
-    two-process test on CPU (gloo, torch 2.11) failed in 3 of about 60 runs before this, none of 17 since.
+    two-process test on CPU (gloo, torch 2.11) failed in 3 of about 60 runs before this, none of 18 since.
     """
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
