@@ -102,14 +102,18 @@ def presynthesize(overrides: list[str], workers: int) -> None:
 
 
 def training_data(data: DictConfig) -> str:
-    """What the models train on, in words: the voices' engines, the segment, the share of same-speaker mixtures, passages."""
+    """What the models train on, in words: the voices' engines (and recordings), the segment, the share of same-speaker
+    mixtures, passages, rooms."""
     same = f", {data.same_speaker_fraction:.0%} of them same-speaker" if data.same_speaker_fraction else ""
     if data.get("same_speaker_f0_shift"):
         same += f" (f0-siblings, shift {data.same_speaker_f0_shift:g})"
     passages = ", sources read on sentence after sentence" if data.get("passages") else ""
     if data.get("reverb_fraction"):
         passages += f", {data.reverb_fraction:.0%} of the sources in a synthetic room (rt60 {data.reverb_rt60[0]:g}-{data.reverb_rt60[1]:g} s)"
-    return f"{' + '.join(data.engines)} dynamic mixtures of {data.segment_seconds:g} s{same}{passages}"
+    voices = " + ".join(data.engines)
+    if data.get("recordings"):
+        voices = f"{voices} ({1 - data.recordings_fraction:.0%}) and recordings in {data.recordings} ({data.recordings_fraction:.0%})"
+    return f"{voices} dynamic mixtures of {data.segment_seconds:g} s{same}{passages}"
 
 
 def command(model: str, runs_dir: Path, overrides: list[str]) -> list[str]:

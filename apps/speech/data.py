@@ -1,8 +1,9 @@
 """SeparationDataModule: batches of (mixture (B, T), sources (B, N, T), names: B strings) for N-speaker separation.
 
 Training mixtures are made on the fly (dynamic mixing: random speakers, utterances, gains and offsets) from
-single-speaker speech: synthetic voices (`espeak`: espeak-ng, the offline default, and optionally flite and Festival), a folder
-of recordings (`folder`), or the crops of a prepared set (`librimix`, `wsj0_mix`). Validation and test sets are
+single-speaker speech: synthetic voices (`espeak`: espeak-ng, the offline default, and optionally flite and Festival, with
+a fraction of the mixtures from a folder of real recordings if given), a folder of recordings (`folder`), or the crops of a
+prepared set (`librimix`, `wsj0_mix`). Validation and test sets are
 fixed (a seed per item); test mixtures are whole utterances (the shorter one's length, "min" mode), one per batch.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from apps.speech.audio import warp
 from apps.speech.mixing import Room, draw_mixture, fresh, mix, seeded
@@ -135,6 +136,9 @@ class SeparationDataModule(L.LightningDataModule):
         reverb_fraction: fraction of the training sources (dynamic mixing) read in a synthetic room (`mixing.Room`:
             reverberation time uniform in reverb_rt60 seconds, direct-to-reverberant ratio in reverb_drr_db dB), the
             reverberant source being the one to estimate, as in recordings made in a room; validation and test unchanged.
+        recordings: a folder of real recordings (`sources.folder_speakers`' layout) from which a fraction
+            `recordings_fraction` of the training mixtures is drawn (with data.train=espeak), the rest from the synthetic
+            voices; its same-speaker draws mix two recordings of one real speaker (no f0-siblings). Validation stays synthetic.
         test_same_speaker: every test mixture (espeak or folder) mixes different utterances of one speaker.
         test_warps: one factor per source of every test mixture (espeak or folder), e.g. [1.0, 0.8]: source n is played
             faster by test_warps[n] (`audio.warp`: pitch and formants times the factor, as speed perturbation), so that
@@ -166,6 +170,8 @@ class SeparationDataModule(L.LightningDataModule):
         reverb_fraction: float = 0.0,
         reverb_rt60: Sequence[float] = (0.1, 0.5),
         reverb_drr_db: Sequence[float] = (3.0, 15.0),
+        recordings: str | None = None,
+        recordings_fraction: float = 0.5,
         test_same_speaker: bool = False,
         test_warps: Sequence[float] | None = None,
         train_mixtures: int = 400,
@@ -212,6 +218,12 @@ class SeparationDataModule(L.LightningDataModule):
         if len(reverb_rt60) != 2 or not 0 < reverb_rt60[0] <= reverb_rt60[1] or len(reverb_drr_db) != 2 or reverb_drr_db[0] > reverb_drr_db[1]:
             raise ValueError(f"data.reverb_rt60={list(reverb_rt60)} (seconds, 0 < low <= high) and data.reverb_drr_db={list(reverb_drr_db)} "
                              "(dB, low <= high) must each be a range [low, high]")
+        if recordings is not None and (train != "espeak" or not 0 < recordings_fraction <= 1):
+            raise ValueError(
+                f"data.recordings adds real speakers to the synthetic voices: it needs data.train=espeak (now {train}) and "
+                f"0 < data.recordings_fraction <= 1 (now {recordings_fraction}); for training on recordings only, "
+                "use data.train=folder data.train_path=DIR"
+            )
         if passages and train in LAYOUTS:
             raise ValueError(f"data.passages needs dynamic mixing (data.train=espeak or folder, not {train})")
         self.name, self.num_speakers, self.sample_rate = name, num_speakers, sample_rate
@@ -221,6 +233,7 @@ class SeparationDataModule(L.LightningDataModule):
         self.voices = {"train": train_voices, "val": val_voices, "test": test_voices}
         self.engines, self.utterances_per_voice, self.same_speaker_fraction = tuple(engines), utterances_per_voice, same_speaker_fraction
         self.same_speaker_f0_shift, self.test_same_speaker = same_speaker_f0_shift, test_same_speaker
+        self.recordings, self.recordings_fraction = recordings, recordings_fraction
         self.test_warps = None if test_warps is None else tuple(test_warps)
         self.pause = tuple(round(seconds * sample_rate) for seconds in PAUSE_SECONDS) if passages else None
         self.room = Room(reverb_fraction, sample_rate, tuple(reverb_rt60), tuple(reverb_drr_db)) if reverb_fraction else None
@@ -259,12 +272,21 @@ class SeparationDataModule(L.LightningDataModule):
             if len(speakers) - self.voices["val"] < self.num_speakers:
                 raise ValueError(f"{self.train_path} has {len(speakers)} speakers: too few to hold out data.val_voices={self.voices['val']}")
             train, val = speakers[: -self.voices["val"]], speakers[-self.voices["val"] :]
+        real = [] if self.recordings is None else folder_speakers(self.recordings, self.sample_rate)
         if self.same_speaker_fraction:
-            check_utterances_per_speaker(train, self.num_speakers, "data.same_speaker_fraction")
-        self.datasets["train"] = DynamicMixtures(
-            train, self.num_speakers, self.segment, self.gain_db, self.sizes["train"], self.same_speaker_fraction, self.pause,
-            same_speaker_voices, self.room,
-        )  # fmt: skip
+            for speakers, what in ((train, "data.same_speaker_fraction"), (real, "data.same_speaker_fraction with data.recordings")):
+                if speakers:
+                    check_utterances_per_speaker(speakers, self.num_speakers, what)
+        if 0 < len(real) < self.num_speakers and self.same_speaker_fraction < 1:
+            raise ValueError(f"{self.recordings} holds {len(real)} speaker(s): {self.num_speakers}-speaker mixtures of different "
+                             "speakers need more; give more speakers, or data.same_speaker_fraction=1")
+        from_real = round(self.sizes["train"] * self.recordings_fraction) if real else 0
+        parts = [
+            DynamicMixtures(speakers, self.num_speakers, self.segment, self.gain_db, length, self.same_speaker_fraction, self.pause, voices, self.room)
+            for speakers, length, voices in ((train, self.sizes["train"] - from_real, same_speaker_voices), (real, from_real, None))
+            if length
+        ]  # fmt: skip
+        self.datasets["train"] = parts[0] if len(parts) == 1 else ConcatDataset(parts)
         self.datasets["val"] = FixedMixtures(val, self.num_speakers, self.segment, self.gain_db, self.sizes["val"], self.seed)
 
     def setup_test(self) -> None:
@@ -292,7 +314,8 @@ class SeparationDataModule(L.LightningDataModule):
         )  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader("train", self.batch_size, shuffle=self.train in LAYOUTS)
+        # Crops of a prepared set are shuffled, and synthetic and real dynamic mixtures interleaved (each alone is random).
+        return self.loader("train", self.batch_size, shuffle=not isinstance(self.datasets["train"], DynamicMixtures))
 
     def val_dataloader(self) -> DataLoader:
         return self.loader("val", self.batch_size)

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from apps.speech.audio import check_finite, load_mono, read_wav, resample
 from apps.speech.mixing import place
 
-AUDIO_SUFFIXES = (".wav", ".flac")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus")
 
 
 def audio_files(directory: Path) -> list[Path]:

@@ -32,6 +32,8 @@ def test_the_results_name_the_training_voices_and_same_speaker_share():
     assert "30% of them same-speaker (f0-siblings, shift 0.3)," in speech_separation.training_data(data)
     data.reverb_fraction, data.reverb_rt60 = 0.5, [0.1, 0.5]
     assert speech_separation.training_data(data).endswith(", 50% of the sources in a synthetic room (rt60 0.1-0.5 s)")
+    data.recordings, data.recordings_fraction = "/data/fillets", 0.25
+    assert speech_separation.training_data(data).startswith("espeak + flite (75%) and recordings in /data/fillets (25%) dynamic mixtures")
 
 
 def test_the_cache_is_filled_with_the_f0_siblings_the_runs_read(tmp_path, monkeypatch):

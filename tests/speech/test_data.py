@@ -247,6 +247,34 @@ def test_folder_speakers_by_subdirectory_or_by_file(tmp_path):
         folder_speakers(tmp_path / "missing", 8000)
 
 
+def test_recordings_make_their_fraction_of_the_synthetic_training_mixtures(tmp_path):
+    for speaker, frequency in (("a", 500), ("b", 700)):  # two real speakers, each a tone
+        for k in range(2):
+            write_tone(tmp_path / "real" / speaker / f"{k}.ogg", 1.0, 16000, frequency)  # Ogg Vorbis, resampled on reading
+    settings = dict(train_voices=2, val_voices=2, utterances_per_voice=2, train_mixtures=10, cache_dir=str(tmp_path / "cache"))
+    data = SeparationDataModule(recordings=str(tmp_path / "real"), recordings_fraction=0.3, same_speaker_fraction=0.5, **settings)
+    data.setup("fit")
+    synthetic, real = data.datasets["train"].datasets
+    assert (len(synthetic), len(real)) == (7, 3) and len(data.datasets["train"]) == 10
+    assert len(real.speakers) == 2 and real.same_speaker_voices is None and len(synthetic.speakers) == 2
+    tones = torch.sin(2 * math.pi * torch.tensor([[500.0], [700.0]]) * torch.arange(8000) / 8000)
+    for _, sources, _ in (real[i] for i in range(8)):  # every source one of the two tones (or silence where placed)
+        for source in sources:
+            assert F.cosine_similarity(source.abs().unsqueeze(0), tones.abs(), dim=1).max() > 0.9 or source.abs().max() == 0
+    assert torch.equal(data.datasets["val"].speakers[0][0], data.espeak_voices("val")[0][0])  # validation stays synthetic
+    assert data.train_dataloader().sampler.__class__.__name__ == "RandomSampler"  # the two kinds interleaved
+    alone = SeparationDataModule(**settings)
+    alone.setup("fit")
+    assert isinstance(alone.datasets["train"], DynamicMixtures) and alone.train_dataloader().sampler.__class__.__name__ == "SequentialSampler"
+    for bad in ({"recordings_fraction": 0.0}, {"recordings_fraction": 1.5}, {"train": "folder", "train_path": "x"}):
+        with pytest.raises(ValueError, match="data.recordings adds real speakers to the synthetic voices"):
+            SeparationDataModule(recordings=str(tmp_path / "real"), **bad)
+    for k in range(2):
+        write_tone(tmp_path / "one" / "a" / f"{k}.wav", 1.0, 8000, 500)
+    with pytest.raises(ValueError, match="holds 1 speaker"):
+        SeparationDataModule(recordings=str(tmp_path / "one"), **settings).setup("fit")
+
+
 def dominant_frequency(waveform: Tensor, rate: int) -> float:
     return float(torch.fft.rfft(waveform).abs().argmax()) * rate / len(waveform)
 
