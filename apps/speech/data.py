@@ -274,9 +274,9 @@ class SeparationDataModule(L.LightningDataModule):
             train, val = speakers[: -self.voices["val"]], speakers[-self.voices["val"] :]
         real = [] if self.recordings is None else folder_speakers(self.recordings, self.sample_rate)
         if self.same_speaker_fraction:
-            for speakers, what in ((train, "data.same_speaker_fraction"), (real, "data.same_speaker_fraction with data.recordings")):
-                if speakers:
-                    check_utterances_per_speaker(speakers, self.num_speakers, what)
+            check_utterances_per_speaker(train, self.num_speakers, "data.same_speaker_fraction")
+            if real:
+                check_utterances_per_speaker(real, self.num_speakers, "data.same_speaker_fraction with data.recordings")
         if 0 < len(real) < self.num_speakers and self.same_speaker_fraction < 1:
             raise ValueError(f"{self.recordings} holds {len(real)} speaker(s): {self.num_speakers}-speaker mixtures of different "
                              "speakers need more; give more speakers, or data.same_speaker_fraction=1")
