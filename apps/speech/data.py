@@ -145,7 +145,8 @@ class SeparationDataModule(L.LightningDataModule):
             recordings of one reader (LibriVox's) become mixtures of two apparent speakers; None: as recorded.
         train_mixtures: dynamic mixtures per epoch; val_mixtures, test_mixtures: size of the fixed sets.
         mode: "min" or "max", the LibriMix / wsj0-mix variant.
-        cache_dir: where synthesised speech is kept (default ~/.cache/seqmix/speech).
+        cache_dir: where synthesised speech, and training recordings decoded once (train_path of "folder", recordings),
+            are kept (default ~/.cache/seqmix/speech).
     """
 
     def __init__(
@@ -268,11 +269,11 @@ class SeparationDataModule(L.LightningDataModule):
             if self.same_speaker_f0_shift:
                 same_speaker_voices = [train] + [self.espeak_voices("train", n) for n in range(1, self.num_speakers)]
         else:
-            speakers = folder_speakers(self.train_path, self.sample_rate)
+            speakers = folder_speakers(self.train_path, self.sample_rate, self.cache_dir)
             if len(speakers) - self.voices["val"] < self.num_speakers:
                 raise ValueError(f"{self.train_path} has {len(speakers)} speakers: too few to hold out data.val_voices={self.voices['val']}")
             train, val = speakers[: -self.voices["val"]], speakers[-self.voices["val"] :]
-        real = [] if self.recordings is None else folder_speakers(self.recordings, self.sample_rate)
+        real = [] if self.recordings is None else folder_speakers(self.recordings, self.sample_rate, self.cache_dir)
         if self.same_speaker_fraction:
             check_utterances_per_speaker(train, self.num_speakers, "data.same_speaker_fraction")
             if real:

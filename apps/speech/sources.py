@@ -2,6 +2,7 @@
 wsj0-mix layouts (for users who have them).
 
     folder_speakers(DIR, 8000)               # DIR/<speaker>/**/*.wav, or DIR/*.wav with one speaker per file
+    folder_speakers(DIR, 8000, CACHE)        # the same, decoded once into CACHE and read from it on access
     PreparedMixtures.from_layout("librimix", ROOT, "test", 8000, num_speakers=2)
         # ROOT/wav8k/min/test/{mix_clean,s1,s2}/<id>.wav, ids from ROOT/wav8k/min/metadata/mixture_test_mix_clean.csv
     PreparedMixtures.from_layout("wsj0_mix", ROOT, "test", 8000, num_speakers=2)
@@ -9,6 +10,11 @@ wsj0-mix layouts (for users who have them).
 """
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +28,7 @@ from apps.speech.audio import check_finite, load_mono, read_wav, resample
 from apps.speech.mixing import place
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus")
+log = logging.getLogger(__name__)
 
 
 def audio_files(directory: Path) -> list[Path]:
@@ -29,11 +36,14 @@ def audio_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
 
 
-def folder_speakers(path: str | Path, sample_rate: int) -> list[list[Tensor]]:
-    """Speakers of a folder, each a list of 1-D waveforms at sample_rate (first channel of each file).
+def folder_speakers(path: str | Path, sample_rate: int, cache_dir: str | Path | None = None) -> list[Sequence[Tensor]]:
+    """Speakers of a folder, each a sequence of 1-D float32 waveforms at sample_rate (first channel of each file).
 
     Subdirectories holding audio are speakers (LibriSpeech's SPEAKER/CHAPTER/*.flac); a folder of audio
     files without subdirectories gives one speaker per file (e.g. ../shared/data/speech/librivox).
+    Without cache_dir every file is decoded into memory; with it, each speaker is decoded once into 16-bit samples
+    under cache_dir/recordings-<rate> and read from there on access (`CachedRecordings`), so that a corpus larger
+    than memory trains and a second run starts at once.
     """
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -43,7 +53,51 @@ def folder_speakers(path: str | Path, sample_rate: int) -> list[list[Tensor]]:
     groups = [audio_files(d) for d in directories] if directories else [[f] for f in audio_files(root)]
     if not groups:
         raise FileNotFoundError(f"no {'/'.join(AUDIO_SUFFIXES)} files under {root}")
-    return [[load_mono(f, sample_rate, channel=0) for f in files] for files in groups]
+    if cache_dir is None:
+        return [[load_mono(f, sample_rate, channel=0) for f in files] for files in groups]
+    return [CachedRecordings.of(files, sample_rate, Path(cache_dir).expanduser() / f"recordings-{sample_rate}") for files in groups]
+
+
+class CachedRecordings(Sequence[Tensor]):
+    """One speaker's recordings: item u is recording u as a 1-D float32 waveform, read from a cache of 16-bit samples
+    (memory-mapped on first access in each process: data-loader workers share its pages)."""
+
+    def __init__(self, samples: Path, offsets: np.ndarray) -> None:
+        self.samples, self.offsets, self._mapped = samples, offsets, None
+
+    @classmethod
+    def of(cls, files: list[Path], sample_rate: int, directory: Path) -> CachedRecordings:
+        """The cache of `files` at sample_rate in `directory`, decoded first if it is missing. Its name hashes the files'
+        paths, sizes and modification times, so that a changed recording is decoded again."""
+        stamp = "\n".join(f"{f.resolve()} {f.stat().st_size} {f.stat().st_mtime_ns}" for f in files)
+        name = f"{files[0].parent.name}-{hashlib.sha1(stamp.encode()).hexdigest()[:16]}"
+        samples, offsets = directory / f"{name}.samples.npy", directory / f"{name}.offsets.npy"
+        if not offsets.is_file():  # written last: its presence means the samples are complete
+            start = time.perf_counter()
+            waveforms = [load_mono(f, sample_rate, channel=0).clamp(-1, 32767 / 32768) for f in files]
+            directory.mkdir(parents=True, exist_ok=True)
+            for target, array in ((samples, torch.cat(waveforms).mul(32768).round().short().numpy()),
+                                  (offsets, np.cumsum([0, *map(len, waveforms)]))):  # fmt: skip
+                partial = target.with_suffix(f".{os.getpid()}.partial")
+                with open(partial, "wb") as handle:
+                    np.save(handle, array)
+                os.replace(partial, target)
+            log.info("decoded %d recordings of %s into %s in %.1f s (once)", len(files), files[0].parent, samples, time.perf_counter() - start)
+        return cls(samples, np.load(offsets))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> Tensor:  # type: ignore[override]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"recording {index} of {len(self)}")
+        if self._mapped is None:
+            self._mapped = np.load(self.samples, mmap_mode="r")
+        index %= len(self)
+        return torch.from_numpy(self._mapped[self.offsets[index] : self.offsets[index + 1]].astype(np.float32) / 32768)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_mapped": None}  # a spawned worker maps the file itself
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -245,6 +246,33 @@ def test_folder_speakers_by_subdirectory_or_by_file(tmp_path):
     assert [len(s) for s in folder_speakers(tmp_path / "flat", 8000)] == [1, 1]
     with pytest.raises(FileNotFoundError, match="no folder of recordings"):
         folder_speakers(tmp_path / "missing", 8000)
+
+
+def test_cached_folder_speakers_equal_the_decoded_ones_and_are_decoded_once(tmp_path, monkeypatch):
+    for speaker, frequencies in (("a", (200, 250, 300)), ("b", (400,))):
+        for k, frequency in enumerate(frequencies):
+            write_tone(tmp_path / "dir" / speaker / f"{k}.flac", 0.5 + 0.25 * k, 16000, frequency)
+    decoded = folder_speakers(tmp_path / "dir", 8000)
+    cached = folder_speakers(tmp_path / "dir", 8000, tmp_path / "cache")
+    assert [len(s) for s in cached] == [3, 1] and len(list((tmp_path / "cache" / "recordings-8000").iterdir())) == 4
+    for ours, theirs in zip(cached, decoded):
+        assert [len(u) for u in ours] == [len(u) for u in theirs]
+        assert all(torch.allclose(a, b, atol=1 / 32768) and a.dtype == torch.float32 for a, b in zip(ours, theirs))
+    assert torch.equal(cached[0][-1], cached[0][2])
+    with pytest.raises(IndexError, match="recording 3 of 3"):
+        cached[0][3]
+    restored = pickle.loads(pickle.dumps(cached[0]))  # as a spawned data-loader worker gets it
+    assert restored._mapped is None and torch.equal(restored[1], cached[0][1])
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr("apps.speech.sources.load_mono", no_decoding)
+    assert torch.equal(folder_speakers(tmp_path / "dir", 8000, tmp_path / "cache")[1][0], cached[1][0])
+    monkeypatch.undo()
+    write_tone(tmp_path / "dir" / "b" / "0.flac", 1.0, 16000, 600)  # a changed recording is decoded again
+    (changed,) = folder_speakers(tmp_path / "dir", 8000, tmp_path / "cache")[1]
+    assert len(changed) == 8000 and dominant_frequency(changed, 8000) == pytest.approx(600, abs=2)
 
 
 def test_recordings_make_their_fraction_of_the_synthetic_training_mixtures(tmp_path):
