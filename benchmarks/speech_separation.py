@@ -87,8 +87,8 @@ def held_out_test(overrides: list[str], test: str = "espeak") -> list[str]:
 
 def presynthesize(overrides: list[str], workers: int) -> None:
     """Fill the speech cache once for every voice the runs use (they would otherwise all synthesise): the training
-    and validation voices of the runs' engines, the training voices' f0-siblings if asked for, then the held-out
-    espeak-ng test voices."""
+    and validation voices of the runs' engines, the training voices' f0-siblings if asked for, the held-out espeak-ng
+    test voices, and the decoded training recordings (data.recordings) if any."""
     train, test = compose_config(overrides).data, compose_config(held_out_test(overrides)).data
     voices = train.train_voices + train.val_voices
     for data, indices in ((train, range(voices)), (test, range(voices, voices + test.test_voices))):
@@ -99,6 +99,8 @@ def presynthesize(overrides: list[str], workers: int) -> None:
                 range(train.train_voices), train.utterances_per_voice, train.sample_rate, train.cache_dir, workers,
                 train.engines, sibling, train.same_speaker_f0_shift,
             )  # fmt: skip
+    if train.get("recordings"):
+        folder_speakers(train.recordings, train.sample_rate, train.cache_dir)
 
 
 def training_data(data: DictConfig) -> str:

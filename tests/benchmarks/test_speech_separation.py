@@ -45,6 +45,10 @@ def test_the_cache_is_filled_with_the_f0_siblings_the_runs_read(tmp_path, monkey
     filled.clear()
     speech_separation.presynthesize([*overrides, "data.same_speaker_fraction=1.0", "data.same_speaker_f0_shift=0.2"], workers=1)
     assert filled[-1] == ([0, 1, 2], (1, 0.2))  # sibling 1 of each training voice
+    decoded = []
+    monkeypatch.setattr(speech_separation, "folder_speakers", lambda *args: decoded.append(args))
+    speech_separation.presynthesize([*overrides, "data.recordings=/recordings"], workers=1)
+    assert decoded == [("/recordings", 8000, str(tmp_path))]  # the training recordings, into the runs' cache
 
 
 def test_the_table_has_a_column_and_a_gap_per_test():
