@@ -55,7 +55,10 @@ def folder_speakers(path: str | Path, sample_rate: int, cache_dir: str | Path | 
         raise FileNotFoundError(f"no {'/'.join(AUDIO_SUFFIXES)} files under {root}")
     if cache_dir is None:
         return [[load_mono(f, sample_rate, channel=0) for f in files] for files in groups]
-    return [CachedRecordings.of(files, sample_rate, Path(cache_dir).expanduser() / f"recordings-{sample_rate}") for files in groups]
+    start, directory = time.perf_counter(), Path(cache_dir).expanduser() / f"recordings-{sample_rate}"
+    speakers = [CachedRecordings.of(files, sample_rate, directory) for files in groups]
+    log.info("%d speakers of %s read through %s in %.1f s (each decoded there once)", len(speakers), root, directory, time.perf_counter() - start)
+    return speakers
 
 
 class CachedRecordings(Sequence[Tensor]):
@@ -73,7 +76,6 @@ class CachedRecordings(Sequence[Tensor]):
         name = f"{files[0].parent.name}-{hashlib.sha1(stamp.encode()).hexdigest()[:16]}"
         samples, offsets = directory / f"{name}.samples.npy", directory / f"{name}.offsets.npy"
         if not offsets.is_file():  # written last: its presence means the samples are complete
-            start = time.perf_counter()
             waveforms = [load_mono(f, sample_rate, channel=0).clamp(-1, 32767 / 32768) for f in files]
             directory.mkdir(parents=True, exist_ok=True)
             for target, array in ((samples, torch.cat(waveforms).mul(32768).round().short().numpy()),
@@ -82,7 +84,7 @@ class CachedRecordings(Sequence[Tensor]):
                 with open(partial, "wb") as handle:
                     np.save(handle, array)
                 os.replace(partial, target)
-            log.info("decoded %d recordings of %s into %s in %.1f s (once)", len(files), files[0].parent, samples, time.perf_counter() - start)
+            log.debug("decoded %d recordings of %s into %s", len(files), files[0].parent, samples)
         return cls(samples, np.load(offsets))
 
     def __len__(self) -> int:
