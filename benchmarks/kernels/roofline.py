@@ -7,7 +7,8 @@ import math
 import torch
 
 from benchmarks.kernels.shapes import CHUNK, SUB_CHUNK, Shape
-from kernels.delta_rule.chunk import multiprocessors, output_in_state_pass
+from kernels.common.config import multiprocessors
+from kernels.delta_rule.chunk import output_in_state_pass
 
 H100_MULTIPROCESSORS = 132  # what the model assumes without a GPU
 

@@ -1,7 +1,9 @@
 """Launch settings shared by the kernels: interpreter detection and autotune config lists."""
 
+import functools
 import os
 
+import torch
 import triton
 from torch import Tensor
 
@@ -9,6 +11,18 @@ from torch import Tensor
 def interpreting() -> bool:
     """True when Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def warp_specialized() -> bool:
+    """Whether Hopper GPUs run the Gluon (warp-specialized) kernels where they exist; SEQMIX_GLUON=0 keeps them on
+    the Triton kernels (for comparisons)."""
+    return not interpreting() and os.environ.get("SEQMIX_GLUON", "1") != "0"
+
+
+@functools.cache
+def multiprocessors(device: torch.device) -> int:
+    """The GPU's multiprocessor count (launch rules depend on it); 1 on CPU (the interpreter)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def autotuning() -> bool:

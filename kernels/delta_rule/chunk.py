@@ -37,14 +37,14 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.common.chunks import ChunkLayout, chunk_layout, chunk_rows, sequence_coords
-from kernels.common.config import all_configs, configs, keep_states
+from kernels.common.config import all_configs, configs, keep_states, multiprocessors
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
 from kernels.common.ops import call, eager_function, empty_for_none
 from kernels.delta_rule.wy import INVERSE_CHOICES, WY_CHOICES, _inverse_kernel, _wy_bwd_kernel
 from kernels.linear_recurrence.chunk import (
-    CHUNK_SIZE, DTYPES, MAX_HEAD_DIM, _block, _common, _tile_grid, check_inputs, head_dims_supported, saved_chunks,
+    CHUNK_SIZE, DTYPES, MAX_HEAD_DIM, _block, _common, _tile_grid, check_inputs, dqk_pass, head_dims_supported, saved_chunks,
 )
-from kernels.linear_recurrence.passes import DQK_K_TILE, KEY, _bwd_dqk_kernel, _bwd_dv_kernel, _fwd_o_kernel
+from kernels.linear_recurrence.passes import KEY, _bwd_dv_kernel, _fwd_o_kernel
 
 # Config lists of the state passes, best first on the H100 at H16 D128 (session 13), one per launch kind (deeper: see
 # deeper_pipeline). With 64-wide V tiles (B8 T4096, two programs per multiprocessor) the forward pass took 0.34 ms at
@@ -198,12 +198,6 @@ AUTOTUNED = {  # the kernels of this file with all their config choices (the GPU
 # --- launchers ---------------------------------------------------------------------------------------
 
 
-@functools.cache
-def multiprocessors(device: torch.device) -> int:
-    """The GPU's multiprocessor count (the launch rules below depend on it); 1 on CPU (the interpreter)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-
-
 def state_block_v(K: int, V: int, sequence_heads: int, multiprocessors: int) -> int:
     """V tile of the state passes, which hold the whole K and run sequentially over chunks: 32 for wide keys (to
     bound registers) and where 64-wide tiles would leave multiprocessors idle (few sequences x heads: twice the
@@ -315,15 +309,8 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, 
     )
     del dv_local
 
-    dq = torch.empty_like(q)
-    dk_acc = torch.empty_like(q)  # the linear recurrence's part of dK, in the input dtype (summed in float32 below)
-    BK, BV = _block(K, DQK_K_TILE), _block(V, 64)
-    NK = triton.cdiv(K, BK)
-    dg_lr = q.new_empty(NK, B, T, H, dtype=torch.float32) if use_g else None
-    _bwd_dqk_kernel[_tile_grid(NK, q, layout)](
-        q, k, v_new, gc, h, do, dh, dq, dk_acc, dg_lr, layout.cu_seqlens, layout.chunk_indices, T, scale, B * T * H,
-        BK=BK, BV=BV, USE_G=use_g, **common,
-    )
+    # dk_acc: the linear recurrence's part of dK, in the input dtype (summed in float32 below)
+    dq, dk_acc, dg_lr = dqk_pass(q, k, v_new, gc, h, do, dh, scale, layout)
     del dh
 
     dk, dv = torch.empty_like(k), torch.empty_like(v)
@@ -334,7 +321,7 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, 
     # 2.91 / 2.63 ms in another call where 8 warps took 3.00 / 2.79
     _wy_bwd_kernel[_chunk_grid(q, layout)](
         k, v, beta, gc, h, v_new, dx, dk_acc, dk, dv, dbeta, dg_lr, dg, layout.cu_seqlens, layout.chunk_indices, T,
-        B * T * H, BK=_block(K, 128), BV=_block(V, 64), USE_G=use_g, NK_LR=NK, **common,
+        B * T * H, BK=_block(K, 128), BV=_block(V, 64), USE_G=use_g, NK_LR=1 if dg_lr is None else dg_lr.shape[0], **common,
     )
     return dq, dk, dv, dbeta, dg, dh0
 

@@ -24,9 +24,10 @@ import triton
 from torch import Tensor
 
 from kernels.common.chunks import ChunkLayout, chunk_layout
-from kernels.common.config import keep_states
+from kernels.common.config import keep_states, multiprocessors
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
 from kernels.common.ops import call, eager_function, empty_for_none
+from kernels.linear_recurrence import dqk_hopper
 from kernels.linear_recurrence.passes import DQK_K_TILE, _bwd_dh_kernel, _bwd_dqk_kernel, _bwd_dv_kernel, _fwd_h_kernel, _fwd_o_kernel
 from kernels.linear_recurrence.vector_decay import SUB_CHUNK, _dqkg_kernel, _intra_grad_kernel, _intra_scores_kernel
 
@@ -142,15 +143,26 @@ def _backward(q, k, v, gc, scale, h0, layout, do, dht, need_dh0, A=None, h=None)
         dq, dk, dg = _vector_decay_dqkg(q, k, v, gc, h, do, dh, scale, layout)
         return dq, dk, dv, dg, dh0
 
+    dq, dk, dg = dqk_pass(q, k, v, gc, h, do, dh, scale, layout)
+    return dq, dk, dv, (None if dg is None else dg.sum(0)), dh0
+
+
+def dqk_pass(q, k, v, gc, h, do, dh, scale, layout) -> tuple[Tensor, Tensor, Tensor | None]:
+    """dQ, dK (input dtype) and dg's shares [NK, B, T, H] (float32, to be summed; None without a gate) for a scalar
+    decay gc [B, T, H] or none, from the states h and their gradients dh (also the delta rule's, with U~ for v).
+    Hopper GPUs run the warp-specialized Gluon kernel where it applies (one share), others `_bwd_dqk_kernel`."""
+    if dqk_hopper.supported(q, v, layout.cu_seqlens):
+        return dqk_hopper.bwd_dqk(q, k, v, gc, h, do, dh, scale, multiprocessors(q.device))
+    B, T, H, K = q.shape
     dq, dk = torch.empty_like(q), torch.empty_like(k)
-    BK, BV = _block(K, DQK_K_TILE), _block(V, 64)
+    BK, BV = _block(K, DQK_K_TILE), _block(v.shape[-1], 64)
     NK = triton.cdiv(K, BK)
     dg = q.new_empty(NK, B, T, H, dtype=torch.float32) if gc is not None else None
     _bwd_dqk_kernel[_tile_grid(NK, q, layout)](
         q, k, v, gc, h, do, dh, dq, dk, dg, layout.cu_seqlens, layout.chunk_indices, T, scale, B * T * H,
-        BK=BK, BV=BV, USE_G=gc is not None, **common,
+        BK=BK, BV=BV, USE_G=gc is not None, **_common(q, v, layout),
     )
-    return dq, dk, dv, (None if dg is None else dg.sum(0)), dh0
+    return dq, dk, dg
 
 
 def _vector_decay_dqkg(q, k, v, gc, h, do, dh, scale, layout):

@@ -1,0 +1,54 @@
+"""The Gluon dQ/dK/dg kernel for Hopper against the Triton `_bwd_dqk_kernel` on the same inputs (GPU only, `-m gpu`).
+
+Both sum in float32 from the same 16-bit tiles; they differ by their roundings to 16 bits (the Triton kernel rounds
+the gated rows of dO and V before its state products, this one scales the float32 products), about 2e-3 relative
+RMS. The op-level GPU tests (test_delta_rule_triton, test_linear_recurrence_triton) check it against the chunk form
+through the whole backward wherever K = V = 128 on a Hopper GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.kernels.cases import rel_rms
+from tests.kernels.helpers import needs_cuda
+
+hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9, reason="needs a Hopper GPU")
+
+
+def dqk_inputs(B: int, T: int, H: int, gated: bool, dtype: torch.dtype, seed: int) -> dict:
+    from kernels.common.chunks import chunk_layout
+    from kernels.common.cumsum import LOG2E, chunk_local_cumsum
+
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    layout = chunk_layout(B, T, 64, None)
+    x = {n: torch.randn(B, T, H, 128, device="cuda", generator=gen).to(dtype) for n in ("q", "k", "v", "do")}
+    for n in ("h", "dh"):
+        x[n] = torch.randn(layout.total_chunks, H, 128, 128, device="cuda", generator=gen).to(dtype)
+    g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, device="cuda", generator=gen) + 3) if gated else None
+    x["gc"] = None if g is None else chunk_local_cumsum(g, layout, 64, scale=LOG2E)
+    return x | {"layout": layout, "scale": 128**-0.5}
+
+
+@pytest.mark.gpu
+@needs_cuda
+@hopper
+@pytest.mark.parametrize("gated", [True, False], ids=["gated", "ungated"])
+@pytest.mark.parametrize("T", [1, 65, 1000, 2048])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_gpu_gluon_dqk_matches_triton(gated: bool, T: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kernels.linear_recurrence.chunk import dqk_pass
+
+    x = dqk_inputs(B=3, T=T, H=4, gated=gated, dtype=dtype, seed=T + gated)
+    args = [x[n] for n in ("q", "k", "v", "gc", "h", "do", "dh")] + [x["scale"], x["layout"]]
+    dq, dk, dg = dqk_pass(*args)
+    assert dg is None or dg.shape[0] == 1  # one share: the Gluon kernel ran
+    monkeypatch.setenv("SEQMIX_GLUON", "0")
+    dq_ref, dk_ref, dg_ref = dqk_pass(*args)
+    assert dg_ref is None or dg_ref.shape[0] == 2  # the Triton kernel's two K tiles
+    assert rel_rms(dq.float(), dq_ref.float()) < 5e-3
+    assert rel_rms(dk.float(), dk_ref.float()) < 5e-3
+    if gated:
+        assert rel_rms(dg.sum(0), dg_ref.sum(0)) < 5e-3
+    assert torch.isfinite(dq).all() and torch.isfinite(dk).all()
