@@ -40,6 +40,7 @@ from kernels.common.chunks import ChunkLayout, chunk_layout, chunk_rows, sequenc
 from kernels.common.config import all_configs, configs, keep_states, multiprocessors
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
 from kernels.common.ops import call, eager_function, empty_for_none
+from kernels.delta_rule import wy_hopper
 from kernels.delta_rule.wy import INVERSE_CHOICES, WY_CHOICES, _inverse_kernel, _wy_bwd_kernel
 from kernels.linear_recurrence.chunk import (
     CHUNK_SIZE, DTYPES, MAX_HEAD_DIM, _block, _common, _tile_grid, check_inputs, dqk_pass, head_dims_supported, saved_chunks,
@@ -313,17 +314,28 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, 
     dq, dk_acc, dg_lr = dqk_pass(q, k, v_new, gc, h, do, dh, scale, layout)
     del dh
 
+    dk, dv, dbeta, dg = _wy_backward(k, v, beta, gc, h, v_new, dx, dk_acc, dg_lr, dg_dtype, layout, common)
+    return dq, dk, dv, dbeta, dg, dh0
+
+
+def _wy_backward(k, v, beta, gc, h, v_new, dx, dk_acc, dg_lr, dg_dtype, layout, common):
+    """dK, dV, dbeta and dg through X and T (see `_wy_bwd_kernel`): the Gluon kernel on Hopper GPUs where it applies."""
+    if wy_hopper.supported(k, v, layout.cu_seqlens):
+        return wy_hopper.wy_bwd(k, v, beta, gc, h, v_new, dx, dk_acc, dg_lr, dg_dtype, multiprocessors(k.device))
+    B, T, H, K = k.shape
+    V = v.shape[-1]
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     dbeta = torch.empty_like(beta)
-    dg = q.new_empty(B, T, H, dtype=dg_dtype) if use_g else None
+    dg = k.new_empty(B, T, H, dtype=dg_dtype) if gc is not None else None
     # K tiles of 128: P = dX h^T in one pass over V (H100, B16 T2048 H16 D128, session 17, autotuned, one call: forward +
     # backward 2.97 -> 2.92 ms gated, 2.72 -> 2.64 ms DeltaNet against K tiles of 64); 4 warps and 3 stages, the default,
     # 2.91 / 2.63 ms in another call where 8 warps took 3.00 / 2.79
-    _wy_bwd_kernel[_chunk_grid(q, layout)](
+    _wy_bwd_kernel[_chunk_grid(k, layout)](
         k, v, beta, gc, h, v_new, dx, dk_acc, dk, dv, dbeta, dg_lr, dg, layout.cu_seqlens, layout.chunk_indices, T,
-        B * T * H, BK=_block(K, 128), BV=_block(V, 64), USE_G=use_g, NK_LR=1 if dg_lr is None else dg_lr.shape[0], **common,
+        B * T * H, BK=_block(K, 128), BV=_block(V, 64), USE_G=gc is not None, NK_LR=1 if dg_lr is None else dg_lr.shape[0],
+        **common,
     )
-    return dq, dk, dv, dbeta, dg, dh0
+    return dk, dv, dbeta, dg
 
 
 # --- the public op: a torch.library custom op (opaque to torch.compile, with fake implementations) under

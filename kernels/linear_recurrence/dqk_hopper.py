@@ -16,46 +16,17 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
-from kernels.common.config import warp_specialized
+from kernels.common.hopper import (
+    CONSUMER_REGS, free_tile, hopper_gpu, issue_tile, item_coords, launch_options, mma2, new_ring, store_tile, take_tile,
+    tile_descriptor,
+)
 
 BT = 64  # chunk = tile size
-TILES = 16  # tiles per item: dO, V (two V halves each), h, dh (four 64 x 64 blocks each), K, Q (two K halves each)
+
 SLOTS = 24  # ring of 64 x 64 16-bit tiles in shared memory: 192 KB
-
-
-@gluon.jit
-def _coords(item, T, NT, H: gl.constexpr):
-    """(first token of the item's sequence, chunk in it, head, global chunk number) of item = global chunk * H + head."""
-    i_h = item % H
-    i_c = item // H
-    i_b = i_c // NT
-    return i_b * T, i_c % NT, i_h, i_c
-
-
-@gluon.jit
-def _issue(desc, r, c, bufs, ready, empty, j, SLOTS: gl.constexpr):
-    """Load the tile at (r, c) of desc into ring slot j % SLOTS once the compute warps have freed it."""
-    s = j % SLOTS
-    mbarrier.wait(empty.index(s), ((j // SLOTS) & 1) ^ 1)
-    mbarrier.expect(ready.index(s), desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(desc, [r, c], ready.index(s), bufs.index(s))
-
-
-@gluon.jit
-def _take(bufs, ready, j, SLOTS: gl.constexpr):
-    """Wait for tile j and return its slot."""
-    s = j % SLOTS
-    mbarrier.wait(ready.index(s), (j // SLOTS) & 1)
-    return bufs.index(s)
-
-
-@gluon.jit
-def _free(empty, j, SLOTS: gl.constexpr):
-    fence_async_shared()
-    mbarrier.arrive(empty.index(j % SLOTS), count=1)
+CONSUMERS = 1  # one compute warpgroup (see kernels/common/hopper.py)
 
 
 @gluon.jit
@@ -63,49 +34,44 @@ def _loader(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, bufs, ready, empty
             H: gl.constexpr, K: gl.constexpr, V: gl.constexpr, SLOTS: gl.constexpr):
     pid, step = gl.program_id(0), gl.num_programs(0)
     for it in range(gl.cdiv(n_items - pid, step)):
-        bos, i_t, i_h, i_c = _coords(pid + it * step, T, NT, H)
+        bos, i_t, i_h, i_c = item_coords(pid + it * step, T, NT, H)
         row = bos + i_t * 64
         hrow = (i_c * H + i_h) * K
         j = it * 16
-        _issue(do_desc, row, i_h * V, bufs, ready, empty, j + 0, SLOTS)
-        _issue(v_desc, row, i_h * V, bufs, ready, empty, j + 1, SLOTS)
-        _issue(do_desc, row, i_h * V + 64, bufs, ready, empty, j + 2, SLOTS)
-        _issue(v_desc, row, i_h * V + 64, bufs, ready, empty, j + 3, SLOTS)
-        _issue(h_desc, hrow, 0, bufs, ready, empty, j + 4, SLOTS)
-        _issue(h_desc, hrow, 64, bufs, ready, empty, j + 5, SLOTS)
-        _issue(h_desc, hrow + 64, 0, bufs, ready, empty, j + 6, SLOTS)
-        _issue(h_desc, hrow + 64, 64, bufs, ready, empty, j + 7, SLOTS)
-        _issue(k_desc, row, i_h * K, bufs, ready, empty, j + 8, SLOTS)
-        _issue(k_desc, row, i_h * K + 64, bufs, ready, empty, j + 9, SLOTS)
-        _issue(q_desc, row, i_h * K, bufs, ready, empty, j + 10, SLOTS)
-        _issue(q_desc, row, i_h * K + 64, bufs, ready, empty, j + 11, SLOTS)
-        _issue(dh_desc, hrow, 0, bufs, ready, empty, j + 12, SLOTS)
-        _issue(dh_desc, hrow, 64, bufs, ready, empty, j + 13, SLOTS)
-        _issue(dh_desc, hrow + 64, 0, bufs, ready, empty, j + 14, SLOTS)
-        _issue(dh_desc, hrow + 64, 64, bufs, ready, empty, j + 15, SLOTS)
+        issue_tile(do_desc, row, i_h * V, bufs, ready, empty, j + 0, SLOTS)
+        issue_tile(v_desc, row, i_h * V, bufs, ready, empty, j + 1, SLOTS)
+        issue_tile(do_desc, row, i_h * V + 64, bufs, ready, empty, j + 2, SLOTS)
+        issue_tile(v_desc, row, i_h * V + 64, bufs, ready, empty, j + 3, SLOTS)
+        issue_tile(h_desc, hrow, 0, bufs, ready, empty, j + 4, SLOTS)
+        issue_tile(h_desc, hrow, 64, bufs, ready, empty, j + 5, SLOTS)
+        issue_tile(h_desc, hrow + 64, 0, bufs, ready, empty, j + 6, SLOTS)
+        issue_tile(h_desc, hrow + 64, 64, bufs, ready, empty, j + 7, SLOTS)
+        issue_tile(k_desc, row, i_h * K, bufs, ready, empty, j + 8, SLOTS)
+        issue_tile(k_desc, row, i_h * K + 64, bufs, ready, empty, j + 9, SLOTS)
+        issue_tile(q_desc, row, i_h * K, bufs, ready, empty, j + 10, SLOTS)
+        issue_tile(q_desc, row, i_h * K + 64, bufs, ready, empty, j + 11, SLOTS)
+        issue_tile(dh_desc, hrow, 0, bufs, ready, empty, j + 12, SLOTS)
+        issue_tile(dh_desc, hrow, 64, bufs, ready, empty, j + 13, SLOTS)
+        issue_tile(dh_desc, hrow + 64, 0, bufs, ready, empty, j + 14, SLOTS)
+        issue_tile(dh_desc, hrow + 64, 64, bufs, ready, empty, j + 15, SLOTS)
 
 
 @gluon.jit
-def _mma2(a0, b0, a1, b1):
-    """a0 b0 + a1 b1 for 64 x 64 shared-memory operands, float32 [64, 64] in the wgmma layout."""
-    layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
-    acc = warpgroup_mma(a0, b0, gl.zeros([64, 64], gl.float32, layout), use_acc=False, is_async=True)
-    return warpgroup_mma(a1, b1, acc, is_async=True)
-
-
-@gluon.jit
-def _compute(q, k, gc, dq, dk, dg, p_smem, bufs, ready, empty, T, NT, n_items, scale,
-             H: gl.constexpr, K: gl.constexpr, V: gl.constexpr, USE_G: gl.constexpr, SLOTS: gl.constexpr):
-    """Each item in turn: dO Vᵀ and dO hᵀ; P; dQ; V dhᵀ; dK; dg. (Issuing V dhᵀ with dQ's products, to overlap the
-    elementwise work, spilled registers and took 635 µs instead of 560 at B16 T2048 H16, gated; H100, session 23.)"""
+def _compute(q, k, gc, dq, dk, dg, p_bufs, bufs, ready, empty, T, NT, n_items, scale,
+             H: gl.constexpr, K: gl.constexpr, V: gl.constexpr, USE_G: gl.constexpr, SLOTS: gl.constexpr,
+             c: gl.constexpr, NC: gl.constexpr):
+    """Consumer c of NC: every NC-th item of this program's, from the c-th on, each in turn: dO Vᵀ; P; dO hᵀ; dQ;
+    V dhᵀ; dK; dg. (One consumer issuing V dhᵀ with dQ's products, to overlap the elementwise work, spilled registers
+    and took 635 µs instead of 560 at B16 T2048 H16, gated; H100, session 23.)"""
+    p_smem = p_bufs.index(c)
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
     rows_l: gl.constexpr = gl.SliceLayout(1, mma)
     cols_l: gl.constexpr = gl.SliceLayout(0, mma)
     o_r = gl.arange(0, 64, layout=rows_l)
     o_c = gl.arange(0, 64, layout=cols_l)
     pid, step = gl.program_id(0), gl.num_programs(0)
-    for it in range(gl.cdiv(n_items - pid, step)):
-        bos, i_t, i_h, i_c = _coords(pid + it * step, T, NT, H)
+    for it in range(c, gl.cdiv(n_items - pid, step), NC):
+        bos, i_t, i_h, i_c = item_coords(pid + it * step, T, NT, H)
         bos = bos.to(gl.int64)  # element offsets below pass 2^31 in large batches
         j = it * 16
         t_r = i_t * 64 + o_r
@@ -113,16 +79,10 @@ def _compute(q, k, gc, dq, dk, dg, p_smem, bufs, ready, empty, T, NT, n_items, s
         m_r = t_r < T
         m_c = t_c < T
 
-        do0, v0 = _take(bufs, ready, j + 0, SLOTS), _take(bufs, ready, j + 1, SLOTS)
-        do1, v1 = _take(bufs, ready, j + 2, SLOTS), _take(bufs, ready, j + 3, SLOTS)
-        dA = _mma2(do0, v0.permute((1, 0)), do1, v1.permute((1, 0)))  # dO Vᵀ
-        h00, h01 = _take(bufs, ready, j + 4, SLOTS), _take(bufs, ready, j + 5, SLOTS)
-        h10, h11 = _take(bufs, ready, j + 6, SLOTS), _take(bufs, ready, j + 7, SLOTS)
-        s_lo = _mma2(do0, h00.permute((1, 0)), do1, h01.permute((1, 0)))  # dO hᵀ, keys 0..63
-        s_hi = _mma2(do0, h10.permute((1, 0)), do1, h11.permute((1, 0)))  # keys 64..127
-        dA, s_lo, s_hi = warpgroup_mma_wait(num_outstanding=0, deps=(dA, s_lo, s_hi))
-        _free(empty, j + 0, SLOTS)
-        _free(empty, j + 2, SLOTS)
+        do0, v0 = take_tile(bufs, ready, j + 0, SLOTS), take_tile(bufs, ready, j + 1, SLOTS)
+        do1, v1 = take_tile(bufs, ready, j + 2, SLOTS), take_tile(bufs, ready, j + 3, SLOTS)
+        dA = mma2(do0, v0.permute((1, 0)), do1, v1.permute((1, 0)))  # dO Vᵀ
+        dA = warpgroup_mma_wait(num_outstanding=0, deps=(dA,))
 
         causal = (t_r[:, None] >= t_c[None, :]) & m_r[:, None] & m_c[None, :]
         if USE_G:
@@ -139,44 +99,51 @@ def _compute(q, k, gc, dq, dk, dg, p_smem, bufs, ready, empty, T, NT, n_items, s
             v_scale = gl.full([64], 1.0, gl.float32, rows_l)
         p_smem.store(p.to(p_smem.dtype))
         fence_async_shared()
+        h00, h01 = take_tile(bufs, ready, j + 4, SLOTS), take_tile(bufs, ready, j + 5, SLOTS)
+        h10, h11 = take_tile(bufs, ready, j + 6, SLOTS), take_tile(bufs, ready, j + 7, SLOTS)
+        s_lo = mma2(do0, h00.permute((1, 0)), do1, h01.permute((1, 0)))  # dO hᵀ, keys 0..63
+        s_hi = mma2(do0, h10.permute((1, 0)), do1, h11.permute((1, 0)))  # keys 64..127
+        s_lo, s_hi = warpgroup_mma_wait(num_outstanding=0, deps=(s_lo, s_hi))
+        free_tile(empty, j + 0, SLOTS)
+        free_tile(empty, j + 2, SLOTS)
 
-        k0, k1 = _take(bufs, ready, j + 8, SLOTS), _take(bufs, ready, j + 9, SLOTS)
+        k0, k1 = take_tile(bufs, ready, j + 8, SLOTS), take_tile(bufs, ready, j + 9, SLOTS)
         dq_lo = warpgroup_mma(p_smem, k0, s_lo * do_scale[:, None], is_async=True)  # P K + the state term
         dq_hi = warpgroup_mma(p_smem, k1, s_hi * do_scale[:, None], is_async=True)
         dq_lo, dq_hi = warpgroup_mma_wait(num_outstanding=0, deps=(dq_lo, dq_hi))
-        offs = (bos + t_r[:, None]) * (H * K) + i_h * K + o_c[None, :]
-        m_rows = m_r[:, None] & (o_c[None, :] < 64)
-        gl.store(dq + offs, dq_lo.to(dq.dtype.element_ty), mask=m_rows)
-        gl.store(dq + offs + 64, dq_hi.to(dq.dtype.element_ty), mask=m_rows)
-        q0, q1 = _take(bufs, ready, j + 10, SLOTS), _take(bufs, ready, j + 11, SLOTS)
+        row0 = bos + i_t * 64
+        store_tile(dq, row0, T - i_t * 64, H * K, i_h * K, dq_lo)
+        store_tile(dq, row0, T - i_t * 64, H * K, i_h * K + 64, dq_hi)
+        q0, q1 = take_tile(bufs, ready, j + 10, SLOTS), take_tile(bufs, ready, j + 11, SLOTS)
         if USE_G:
             qdq = gl.sum(q0.load(mma).to(gl.float32) * dq_lo, axis=1) + gl.sum(q1.load(mma).to(gl.float32) * dq_hi, axis=1)
 
-        dh00, dh01 = _take(bufs, ready, j + 12, SLOTS), _take(bufs, ready, j + 13, SLOTS)
-        dh10, dh11 = _take(bufs, ready, j + 14, SLOTS), _take(bufs, ready, j + 15, SLOTS)
-        t_lo = _mma2(v0, dh00.permute((1, 0)), v1, dh01.permute((1, 0)))  # V dhᵀ, keys 0..63
-        t_hi = _mma2(v0, dh10.permute((1, 0)), v1, dh11.permute((1, 0)))
-        t_lo, t_hi = warpgroup_mma_wait(num_outstanding=0, deps=(t_lo, t_hi))
-        dk_lo = t_lo * v_scale[:, None]
-        dk_hi = t_hi * v_scale[:, None]
+        dh00, dh01 = take_tile(bufs, ready, j + 12, SLOTS), take_tile(bufs, ready, j + 13, SLOTS)
+        dh10, dh11 = take_tile(bufs, ready, j + 14, SLOTS), take_tile(bufs, ready, j + 15, SLOTS)
         if USE_G:
             hdh = (gl.sum(gl.sum(h00.load(mma).to(gl.float32) * dh00.load(mma).to(gl.float32), axis=1), axis=0)
                    + gl.sum(gl.sum(h01.load(mma).to(gl.float32) * dh01.load(mma).to(gl.float32), axis=1), axis=0)
                    + gl.sum(gl.sum(h10.load(mma).to(gl.float32) * dh10.load(mma).to(gl.float32), axis=1), axis=0)
                    + gl.sum(gl.sum(h11.load(mma).to(gl.float32) * dh11.load(mma).to(gl.float32), axis=1), axis=0))
+        t_lo = mma2(v0, dh00.permute((1, 0)), v1, dh01.permute((1, 0)))  # V dhᵀ, keys 0..63
+        t_hi = mma2(v0, dh10.permute((1, 0)), v1, dh11.permute((1, 0)))
+        t_lo, t_hi = warpgroup_mma_wait(num_outstanding=0, deps=(t_lo, t_hi))
+        dk_lo = t_lo * v_scale[:, None]
+        dk_hi = t_hi * v_scale[:, None]
+        if USE_G:
             kdk_state = gl.sum(k0.load(mma).to(gl.float32) * dk_lo, axis=1) + gl.sum(k1.load(mma).to(gl.float32) * dk_hi, axis=1)
         for i in gl.static_range(4, 8):
-            _free(empty, j + i, SLOTS)
+            free_tile(empty, j + i, SLOTS)
         for i in gl.static_range(12, 16):
-            _free(empty, j + i, SLOTS)
-        _free(empty, j + 1, SLOTS)
-        _free(empty, j + 3, SLOTS)
+            free_tile(empty, j + i, SLOTS)
+        free_tile(empty, j + 1, SLOTS)
+        free_tile(empty, j + 3, SLOTS)
 
         dk_lo = warpgroup_mma(p_smem.permute((1, 0)), q0, dk_lo, is_async=True)  # + Pᵀ Q
         dk_hi = warpgroup_mma(p_smem.permute((1, 0)), q1, dk_hi, is_async=True)
         dk_lo, dk_hi = warpgroup_mma_wait(num_outstanding=0, deps=(dk_lo, dk_hi))
-        gl.store(dk + offs, dk_lo.to(dk.dtype.element_ty), mask=m_rows)
-        gl.store(dk + offs + 64, dk_hi.to(dk.dtype.element_ty), mask=m_rows)
+        store_tile(dk, row0, T - i_t * 64, H * K, i_h * K, dk_lo)
+        store_tile(dk, row0, T - i_t * 64, H * K, i_h * K + 64, dk_hi)
         if USE_G:
             kdk = gl.sum(k0.load(mma).to(gl.float32) * dk_lo, axis=1) + gl.sum(k1.load(mma).to(gl.float32) * dk_hi, axis=1)
             b_dg = gl.where(m_r, qdq - kdk, 0.0)
@@ -185,29 +152,31 @@ def _compute(q, k, gc, dq, dk, dg, p_smem, bufs, ready, empty, T, NT, n_items, s
             b_dg = gl.sum(gl.where(o_c[None, :] >= o_r[:, None], b_dg_c[None, :], 0.0), axis=1)  # reverse cumsum
             gl.store(dg + (bos + t_r) * H + i_h, b_dg, mask=m_r)
         for i in gl.static_range(8, 12):
-            _free(empty, j + i, SLOTS)
+            free_tile(empty, j + i, SLOTS)
 
 
 @gluon.jit
 def _bwd_dqk_hopper_kernel(q, k, gc, dq, dk, dg, q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, T, NT, n_items, scale,
-                           H: gl.constexpr, K: gl.constexpr, V: gl.constexpr, USE_G: gl.constexpr, SLOTS: gl.constexpr):
-    bufs = gl.allocate_shared_memory(q_desc.dtype, [SLOTS, 64, 64], q_desc.layout)
-    p_smem = gl.allocate_shared_memory(q_desc.dtype, [64, 64], q_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [SLOTS, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [SLOTS, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(SLOTS):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)
-    gl.warp_specialize([
-        (_compute, (q, k, gc, dq, dk, dg, p_smem, bufs, ready, empty, T, NT, n_items, scale, H, K, V, USE_G, SLOTS)),
-        (_loader, (q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, bufs, ready, empty, T, NT, n_items, H, K, V, SLOTS)),
-    ], [1], [40])
+                           H: gl.constexpr, K: gl.constexpr, V: gl.constexpr, USE_G: gl.constexpr, SLOTS: gl.constexpr, NC: gl.constexpr):
+    bufs, ready, empty = new_ring(q_desc, SLOTS)
+    p_bufs = gl.allocate_shared_memory(q_desc.dtype, [NC, 64, 64], q_desc.layout)
+    if NC == 1:
+        gl.warp_specialize([
+            (_compute, (q, k, gc, dq, dk, dg, p_bufs, bufs, ready, empty, T, NT, n_items, scale, H, K, V, USE_G, SLOTS, 0, 1)),
+            (_loader, (q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, bufs, ready, empty, T, NT, n_items, H, K, V, SLOTS)),
+        ], [1], [24])
+    else:
+        gl.warp_specialize([
+            (_compute, (q, k, gc, dq, dk, dg, p_bufs, bufs, ready, empty, T, NT, n_items, scale, H, K, V, USE_G, SLOTS, 0, 2)),
+            (_compute, (q, k, gc, dq, dk, dg, p_bufs, bufs, ready, empty, T, NT, n_items, scale, H, K, V, USE_G, SLOTS, 1, 2)),
+            (_loader, (q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, bufs, ready, empty, T, NT, n_items, H, K, V, SLOTS)),
+        ], [4, 1], [CONSUMER_REGS, 24])
 
 
 def supported(q: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | None) -> bool:
-    """Whether this kernel serves the inputs: a Hopper GPU (and SEQMIX_GLUON not 0), 16-bit q, K = V = 128, no packing."""
-    return (q.is_cuda and warp_specialized() and torch.cuda.get_device_capability(q.device)[0] == 9
-            and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] == 128 and v.shape[-1] == 128 and cu_seqlens is None)
+    """Whether this kernel serves the inputs: a Hopper GPU (SEQMIX_GLUON not 0), 16-bit, K = V = 128, no packing."""
+    return (hopper_gpu(q) and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] == 128 and v.shape[-1] == 128
+            and cu_seqlens is None)
 
 
 def bwd_dqk(q, k, v, gc, h, do, dh, scale: float, multiprocessors: int):
@@ -216,18 +185,13 @@ def bwd_dqk(q, k, v, gc, h, do, dh, scale: float, multiprocessors: int):
     B, T, H, K = q.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
-    layout = gl.NVMMASharedLayout.get_default_for([64, 64], gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16)
-
-    def desc(x, cols):
-        flat = x.reshape(-1, cols)
-        return TensorDescriptor(flat, list(flat.shape), list(flat.stride()), [64, 64], layout)
-
+    q, k, v, do = (x.contiguous() for x in (q, k, v, do))
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     dg = q.new_empty(1, B, T, H, dtype=torch.float32) if gc is not None else None
     n_items = B * NT * H
-    grid = (min(n_items, multiprocessors),)
-    _bwd_dqk_hopper_kernel[grid](
-        q, k, gc, dq, dk, dg, desc(q, H * K), desc(k, H * K), desc(v, H * V), desc(do, H * V), desc(h, V), desc(dh, V),
-        T, NT, n_items, scale, H=H, K=K, V=V, USE_G=gc is not None, SLOTS=SLOTS, num_warps=4,
+    _bwd_dqk_hopper_kernel[(min(n_items, multiprocessors),)](
+        q, k, gc, dq, dk, dg, tile_descriptor(q, H * K), tile_descriptor(k, H * K), tile_descriptor(v, H * V),
+        tile_descriptor(do, H * V), tile_descriptor(h, V), tile_descriptor(dh, V),
+        T, NT, n_items, scale, H=H, K=K, V=V, USE_G=gc is not None, SLOTS=SLOTS, **launch_options(CONSUMERS),
     )
     return dq, dk, dg

@@ -1,8 +1,9 @@
-"""The Gluon dQ/dK/dg kernel for Hopper against the Triton `_bwd_dqk_kernel` on the same inputs (GPU only, `-m gpu`).
+"""The Gluon kernels for Hopper against the Triton kernels they stand in for, on the same inputs (GPU only, `-m gpu`):
+the dQ/dK/dg pass (`_bwd_dqk_kernel`) and the delta rule's WY backward (`_wy_bwd_kernel`).
 
 Both sum in float32 from the same 16-bit tiles; they differ by their roundings to 16 bits (the Triton kernel rounds
 the gated rows of dO and V before its state products, this one scales the float32 products), about 2e-3 relative
-RMS. The op-level GPU tests (test_delta_rule_triton, test_linear_recurrence_triton) check it against the chunk form
+RMS (the WY backward: B + Bᵀ rounded as B, and the dg shares summed in another order). The op-level GPU tests (test_delta_rule_triton, test_linear_recurrence_triton) check it against the chunk form
 through the whole backward wherever K = V = 128 on a Hopper GPU.
 """
 
@@ -52,3 +53,34 @@ def test_gpu_gluon_dqk_matches_triton(gated: bool, T: int, dtype: torch.dtype, m
     if gated:
         assert rel_rms(dg.sum(0), dg_ref.sum(0)) < 5e-3
     assert torch.isfinite(dq).all() and torch.isfinite(dk).all()
+
+
+@pytest.mark.gpu
+@needs_cuda
+@hopper
+@pytest.mark.parametrize("gated", [True, False], ids=["gated", "ungated"])
+@pytest.mark.parametrize("T", [1, 65, 1000, 2048])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_gpu_gluon_wy_backward_matches_triton(gated: bool, T: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kernels.delta_rule import wy_hopper
+    from kernels.delta_rule.chunk import _common, _wy_backward
+
+    B, H = 3, 4
+    x = dqk_inputs(B=B, T=T, H=H, gated=gated, dtype=dtype, seed=T + 2 * gated)  # q, do, dh stand in for U~, dX, dK's part
+    gen = torch.Generator(device="cuda").manual_seed(T)
+    k = torch.nn.functional.normalize(x["k"].float(), dim=-1).to(dtype)
+    beta = torch.rand(B, T, H, device="cuda", generator=gen).to(dtype)
+    dk_part = torch.randn(B, T, H, 128, device="cuda", generator=gen).to(dtype)
+    dg_lr = torch.randn(1, B, T, H, device="cuda", generator=gen) if gated else None
+    assert wy_hopper.supported(k, x["v"], None)
+    args = (k, x["v"], beta, x["gc"], x["h"], x["q"], x["do"], dk_part, dg_lr, torch.float32, x["layout"],
+            _common(x["q"], x["v"], x["layout"]))
+    out = _wy_backward(*args)
+    monkeypatch.setenv("SEQMIX_GLUON", "0")
+    ref = _wy_backward(*args)
+    for name, a, b in zip(("dk", "dv", "dbeta", "dg"), out, ref):
+        if b is None:
+            assert a is None
+            continue
+        assert torch.isfinite(a).all(), name
+        assert rel_rms(a.float(), b.float()) < 5e-3, name

@@ -1,0 +1,103 @@
+"""What the Gluon kernels for Hopper share: a ring of 64 x 64 16-bit tiles in shared memory that a one-warp loader
+fills by TMA and the compute warps drain, slot by slot (`issue_tile`, `take_tile`, `free_tile`: tile j of a program's stream
+lives in slot j % SLOTS, each slot with a `ready` barrier the TMA completes and an `empty` barrier the compute warps
+arrive at), the persistent programs' work items, and the host-side descriptors and checks.
+"""
+
+from __future__ import annotations
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from kernels.common.config import warp_specialized
+
+# A kernel runs one compute warpgroup or two (NC), each on every other item of its program, beside the one-warp
+# loader. With two, each gets 240 registers per thread and the loader's warpgroup 24, so the launch's limit is 168
+# (65536 registers over 3 warpgroups of 128 threads). Which is faster depends on the kernel (H100, B16 T2048 H16
+# D128, gated, session 23): the WY backward 472 us with two against 574 with one (its elementwise work waits on one
+# warpgroup), the dQ/dK pass 487 us with one against 551 with two (it needs more than 240 registers: spills).
+CONSUMER_REGS = gl.constexpr(240)
+MAXNREG = 168
+
+
+def launch_options(consumers: int) -> dict:
+    """The launch options of a kernel with 1 or 2 compute warpgroups (its NC)."""
+    return dict(NC=consumers, num_warps=4, maxnreg=MAXNREG if consumers == 2 else None)
+
+
+def hopper_gpu(x: torch.Tensor) -> bool:
+    """Whether x lives on a Hopper GPU and the Gluon kernels are on (SEQMIX_GLUON not 0)."""
+    return x.is_cuda and warp_specialized() and torch.cuda.get_device_capability(x.device)[0] == 9
+
+
+def tile_descriptor(x: torch.Tensor, columns: int) -> TensorDescriptor:
+    """A TMA descriptor of 64 x 64 tiles over x viewed as (-1, columns) rows (x contiguous, 16-bit)."""
+    flat = x.view(-1, columns)
+    layout = gl.NVMMASharedLayout.get_default_for([64, 64], gl.bfloat16 if x.dtype == torch.bfloat16 else gl.float16)
+    return TensorDescriptor(flat, list(flat.shape), list(flat.stride()), [64, 64], layout)
+
+
+@gluon.jit
+def new_ring(desc, SLOTS: gl.constexpr):
+    """SLOTS tiles of desc's block in shared memory, and their `ready` and `empty` barriers."""
+    bufs = gl.allocate_shared_memory(desc.dtype, [SLOTS] + desc.block_type.shape, desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [SLOTS, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [SLOTS, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(SLOTS):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=1)
+    return bufs, ready, empty
+
+
+@gluon.jit
+def item_coords(item, T, NT, H: gl.constexpr):
+    """(first token of the item's sequence, chunk in it, head, global chunk number) of item = global chunk * H + head."""
+    i_h = item % H
+    i_c = item // H
+    i_b = i_c // NT
+    return i_b * T, i_c % NT, i_h, i_c
+
+
+@gluon.jit
+def issue_tile(desc, r, c, bufs, ready, empty, j, SLOTS: gl.constexpr):
+    """Load the tile at (r, c) of desc into ring slot j % SLOTS once the compute warps have freed it."""
+    s = j % SLOTS
+    mbarrier.wait(empty.index(s), ((j // SLOTS) & 1) ^ 1)
+    mbarrier.expect(ready.index(s), desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(desc, [r, c], ready.index(s), bufs.index(s))
+
+
+@gluon.jit
+def take_tile(bufs, ready, j, SLOTS: gl.constexpr):
+    """Wait for tile j and return its slot."""
+    s = j % SLOTS
+    mbarrier.wait(ready.index(s), (j // SLOTS) & 1)
+    return bufs.index(s)
+
+
+@gluon.jit
+def free_tile(empty, j, SLOTS: gl.constexpr):
+    fence_async_shared()
+    mbarrier.arrive(empty.index(j % SLOTS), count=1)
+
+
+@gluon.jit
+def mma2(a0, b0, a1, b1):
+    """a0 b0 + a1 b1 for 64 x 64 shared-memory operands, float32 [64, 64] in the wgmma layout."""
+    layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
+    acc = warpgroup_mma(a0, b0, gl.zeros([64, 64], gl.float32, layout), use_acc=False, is_async=True)
+    return warpgroup_mma(a1, b1, acc, is_async=True)
+
+
+@gluon.jit
+def store_tile(ptr, row0, n_rows, stride, col0, x):
+    """Store x [64, 64] (any layout) at ptr + (row0 + r) * stride + col0 + c for the rows r < n_rows, in 16-byte
+    pieces: converted to a row-major layout first, so that no thread holds 64-bit addresses for 32 scattered pairs."""
+    wide: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+    y = gl.convert_layout(x.to(ptr.dtype.element_ty), wide)
+    r = gl.arange(0, 64, layout=gl.SliceLayout(1, wide))
+    c = gl.arange(0, 64, layout=gl.SliceLayout(0, wide))
+    gl.store(ptr + ((row0 + r[:, None]) * stride + col0 + c[None, :]), y, mask=(r[:, None] < n_rows) & (c[None, :] < 64))
