@@ -147,7 +147,7 @@ def _compute(beta, gc, dk, dv, dbeta, dg_lr, dg, b_bufs, bufs, ready, empty, T, 
             gl.store(dg + rows, b_dg.to(dg.dtype.element_ty), mask=m_r)
 
 
-@gluon.jit
+@gluon.jit(do_not_specialize=["T", "NT", "n_items", "n_rows"])  # one compiled kernel for every length
 def _wy_bwd_hopper_kernel(beta, gc, dk, dv, dbeta, dg_lr, dg, k_desc, v_desc, u_desc, dx_desc, h_desc, a_desc,
                           T, NT, n_items, n_rows, H: gl.constexpr, K: gl.constexpr, V: gl.constexpr,
                           USE_G: gl.constexpr, NK_LR: gl.constexpr, SLOTS: gl.constexpr, NC: gl.constexpr):

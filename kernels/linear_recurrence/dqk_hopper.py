@@ -155,7 +155,7 @@ def _compute(q, k, gc, dq, dk, dg, p_bufs, bufs, ready, empty, T, NT, n_items, s
             free_tile(empty, j + i, SLOTS)
 
 
-@gluon.jit
+@gluon.jit(do_not_specialize=["T", "NT", "n_items"])  # one compiled kernel for every length
 def _bwd_dqk_hopper_kernel(q, k, gc, dq, dk, dg, q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, T, NT, n_items, scale,
                            H: gl.constexpr, K: gl.constexpr, V: gl.constexpr, USE_G: gl.constexpr, SLOTS: gl.constexpr, NC: gl.constexpr):
     bufs, ready, empty = new_ring(q_desc, SLOTS)

@@ -84,3 +84,30 @@ def test_gpu_gluon_wy_backward_matches_triton(gated: bool, T: int, dtype: torch.
             continue
         assert torch.isfinite(a).all(), name
         assert rel_rms(a.float(), b.float()) < 5e-3, name
+
+
+@pytest.mark.gpu
+@needs_cuda
+@hopper
+def test_gpu_gluon_kernels_compile_once_for_every_length() -> None:
+    """T, the chunk count and the item count are run-time arguments: a new length compiles nothing new."""
+    from kernels.delta_rule import wy_hopper
+    from kernels.delta_rule.chunk import _common, _wy_backward
+    from kernels.linear_recurrence import dqk_hopper
+    from kernels.linear_recurrence.chunk import dqk_pass
+
+    def run(T: int) -> None:
+        x = dqk_inputs(B=2, T=T, H=4, gated=True, dtype=torch.bfloat16, seed=T)
+        dq, dk, dg = dqk_pass(*[x[n] for n in ("q", "k", "v", "gc", "h", "do", "dh")], x["scale"], x["layout"])
+        _wy_backward(x["k"], x["v"], torch.rand_like(x["gc"]).to(x["k"].dtype), x["gc"], x["h"], x["q"], x["do"], dk, dg,
+                     torch.float32, x["layout"], _common(x["q"], x["v"], x["layout"]))
+
+    def compiled() -> int:
+        return sum(len(cache[0]) for kernel in (dqk_hopper._bwd_dqk_hopper_kernel, wy_hopper._wy_bwd_hopper_kernel)
+                   for cache in kernel.device_caches.values())
+
+    run(100)
+    before = compiled()
+    for T in (1, 63, 64, 1000, 4097):
+        run(T)
+    assert compiled() == before
