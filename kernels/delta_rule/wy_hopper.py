@@ -82,7 +82,7 @@ def _compute(beta, gc, dk, dv, dbeta, dg_lr, dg, b_bufs, bufs, ready, empty, T, 
         free_tile(empty, j + 1, SLOTS)
         free_tile(empty, j + 3, SLOTS)
 
-        strict = (t_r[:, None] > t_c[None, :]) & m_r[:, None] & m_c[None, :]
+        strict = (t_r[:, None] > t_c[None, :]) & m_r[:, None]  # then the column is inside the sequence too
         b_beta = gl.load(beta + rows, mask=m_r, other=0).to(gl.float32)
         if USE_G:
             g_r = gl.load(gc + rows, mask=m_r, other=0)
