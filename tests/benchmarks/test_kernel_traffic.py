@@ -1,6 +1,8 @@
 """benchmarks/kernels/traffic on CPU: Nsight Compute's CSV (one row per launch and metric) read into one row per launch,
-its rates and the table; on a machine without a GPU or ncu it stops with a message."""
+its rates and the table; on a machine without a GPU or ncu it stops with a message. Also benchmarks/kernels/hopper's
+message on a machine without a Hopper GPU."""
 import pytest
+import torch
 
 from benchmarks.kernels import traffic
 
@@ -36,3 +38,11 @@ def test_without_a_gpu_it_stops_with_a_message(monkeypatch):
     monkeypatch.setattr(traffic.torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="needs a CUDA GPU and Nsight Compute"):
         traffic.main(["--out", "unused"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9, reason="runs on a Hopper GPU")
+def test_hopper_benchmark_says_it_needs_a_hopper_gpu() -> None:
+    from benchmarks.kernels.hopper import main
+
+    with pytest.raises(SystemExit, match="needs a Hopper GPU"):
+        main([])
