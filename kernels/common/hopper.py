@@ -24,13 +24,19 @@ MAXNREG = 168
 
 
 def launch_options(consumers: int) -> dict:
-    """The launch options of a kernel with 1 or 2 compute warpgroups (its NC)."""
-    return dict(NC=consumers, num_warps=4, maxnreg=MAXNREG if consumers == 2 else None)
+    """The launch options of a kernel with 1 or 2 compute warpgroups."""
+    return dict(num_warps=4, maxnreg=MAXNREG if consumers == 2 else None)
 
 
 def hopper_gpu(x: torch.Tensor) -> bool:
     """Whether x lives on a Hopper GPU and the Gluon kernels are on (SEQMIX_GLUON not 0)."""
     return x.is_cuda and warp_specialized() and torch.cuda.get_device_capability(x.device)[0] == 9
+
+
+def serves(k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | None) -> bool:
+    """Whether the Gluon kernels serve these inputs: a Hopper GPU (SEQMIX_GLUON not 0), 16-bit, K = V = 128, no packing."""
+    return (hopper_gpu(k) and k.dtype in (torch.bfloat16, torch.float16) and k.shape[-1] == 128 and v.shape[-1] == 128
+            and cu_seqlens is None)
 
 
 def tile_descriptor(x: torch.Tensor, columns: int) -> TensorDescriptor:

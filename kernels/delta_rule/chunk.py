@@ -39,6 +39,7 @@ from torch import Tensor
 from kernels.common.chunks import ChunkLayout, chunk_layout, chunk_rows, sequence_coords
 from kernels.common.config import all_configs, configs, keep_states, multiprocessors
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
+from kernels.common.hopper import serves
 from kernels.common.ops import call, eager_function, empty_for_none
 from kernels.delta_rule import wy_hopper
 from kernels.delta_rule.wy import INVERSE_CHOICES, WY_CHOICES, _inverse_kernel, _wy_bwd_kernel
@@ -320,7 +321,7 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, 
 
 def _wy_backward(k, v, beta, gc, h, v_new, dx, dk_acc, dg_lr, dg_dtype, layout, common):
     """dK, dV, dbeta and dg through X and T (see `_wy_bwd_kernel`): the Gluon kernel on Hopper GPUs where it applies."""
-    if wy_hopper.supported(k, v, layout.cu_seqlens):
+    if serves(k, v, layout.cu_seqlens):
         return wy_hopper.wy_bwd(k, v, beta, gc, h, v_new, dx, dk_acc, dg_lr, dg_dtype, multiprocessors(k.device))
     B, T, H, K = k.shape
     V = v.shape[-1]

@@ -17,13 +17,12 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
 from kernels.common.hopper import (
-    CONSUMER_REGS, free_tile, hopper_gpu, issue_tile, item_coords, launch_options, mma2, new_ring, store_tile, take_tile,
+    CONSUMER_REGS, free_tile, issue_tile, item_coords, launch_options, mma2, new_ring, store_tile, take_tile,
     tile_descriptor,
 )
 
 BT = 64  # chunk = tile size
 SLOTS = 24  # ring of 64 x 64 16-bit tiles in shared memory: 192 KB
-CONSUMERS = 2  # two compute warpgroups (see kernels/common/hopper.py)
 
 
 @gluon.jit
@@ -150,26 +149,14 @@ def _compute(beta, gc, dk, dv, dbeta, dg_lr, dg, b_bufs, bufs, ready, empty, T, 
 @gluon.jit(do_not_specialize=["T", "NT", "n_items", "n_rows"])  # one compiled kernel for every length
 def _wy_bwd_hopper_kernel(beta, gc, dk, dv, dbeta, dg_lr, dg, k_desc, v_desc, u_desc, dx_desc, h_desc, a_desc,
                           T, NT, n_items, n_rows, H: gl.constexpr, K: gl.constexpr, V: gl.constexpr,
-                          USE_G: gl.constexpr, NK_LR: gl.constexpr, SLOTS: gl.constexpr, NC: gl.constexpr):
+                          USE_G: gl.constexpr, NK_LR: gl.constexpr, SLOTS: gl.constexpr):
     bufs, ready, empty = new_ring(k_desc, SLOTS)
-    b_bufs = gl.allocate_shared_memory(k_desc.dtype, [NC, 64, 64], k_desc.layout)
-    if NC == 1:
-        gl.warp_specialize([
-            (_compute, (beta, gc, dk, dv, dbeta, dg_lr, dg, b_bufs, bufs, ready, empty, T, NT, n_items, n_rows, H, K, V, USE_G, NK_LR, SLOTS, 0, 1)),
-            (_loader, (k_desc, v_desc, u_desc, dx_desc, h_desc, a_desc, bufs, ready, empty, T, NT, n_items, H, K, V, SLOTS)),
-        ], [1], [24])
-    else:
-        gl.warp_specialize([
-            (_compute, (beta, gc, dk, dv, dbeta, dg_lr, dg, b_bufs, bufs, ready, empty, T, NT, n_items, n_rows, H, K, V, USE_G, NK_LR, SLOTS, 0, 2)),
-            (_compute, (beta, gc, dk, dv, dbeta, dg_lr, dg, b_bufs, bufs, ready, empty, T, NT, n_items, n_rows, H, K, V, USE_G, NK_LR, SLOTS, 1, 2)),
-            (_loader, (k_desc, v_desc, u_desc, dx_desc, h_desc, a_desc, bufs, ready, empty, T, NT, n_items, H, K, V, SLOTS)),
-        ], [4, 1], [CONSUMER_REGS, 24])
-
-
-def supported(k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | None) -> bool:
-    """Whether this kernel serves the inputs: a Hopper GPU (SEQMIX_GLUON not 0), 16-bit, K = V = 128, no packing."""
-    return (hopper_gpu(k) and k.dtype in (torch.bfloat16, torch.float16) and k.shape[-1] == 128 and v.shape[-1] == 128
-            and cu_seqlens is None)
+    b_bufs = gl.allocate_shared_memory(k_desc.dtype, [2, 64, 64], k_desc.layout)
+    gl.warp_specialize([
+        (_compute, (beta, gc, dk, dv, dbeta, dg_lr, dg, b_bufs, bufs, ready, empty, T, NT, n_items, n_rows, H, K, V, USE_G, NK_LR, SLOTS, 0, 2)),
+        (_compute, (beta, gc, dk, dv, dbeta, dg_lr, dg, b_bufs, bufs, ready, empty, T, NT, n_items, n_rows, H, K, V, USE_G, NK_LR, SLOTS, 1, 2)),
+        (_loader, (k_desc, v_desc, u_desc, dx_desc, h_desc, a_desc, bufs, ready, empty, T, NT, n_items, H, K, V, SLOTS)),
+    ], [4, 1], [CONSUMER_REGS, 24])
 
 
 def wy_bwd(k, v, beta, gc, h, v_new, dx, dk_acc, dg_lr, dg_dtype: torch.dtype, multiprocessors: int):
@@ -187,6 +174,6 @@ def wy_bwd(k, v, beta, gc, h, v_new, dx, dk_acc, dg_lr, dg_dtype: torch.dtype, m
         beta, gc, dk, dv, dbeta, dg_lr, dg, tile_descriptor(k, H * K), tile_descriptor(v, H * V),
         tile_descriptor(v_new, H * V), tile_descriptor(dx, H * V), tile_descriptor(h, V), tile_descriptor(dk_acc, H * K),
         T, NT, n_items, B * T * H, H=H, K=K, V=V, USE_G=gc is not None, NK_LR=1 if dg_lr is None else dg_lr.shape[0],
-        SLOTS=SLOTS, **launch_options(CONSUMERS),
+        SLOTS=SLOTS, **launch_options(2),
     )
     return dk, dv, dbeta, dg

@@ -26,6 +26,7 @@ from torch import Tensor
 from kernels.common.chunks import ChunkLayout, chunk_layout
 from kernels.common.config import keep_states, multiprocessors
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
+from kernels.common.hopper import serves
 from kernels.common.ops import call, eager_function, empty_for_none
 from kernels.linear_recurrence import dqk_hopper
 from kernels.linear_recurrence.passes import DQK_K_TILE, _bwd_dh_kernel, _bwd_dqk_kernel, _bwd_dv_kernel, _fwd_h_kernel, _fwd_o_kernel
@@ -151,7 +152,7 @@ def dqk_pass(q, k, v, gc, h, do, dh, scale, layout) -> tuple[Tensor, Tensor, Ten
     """dQ, dK (input dtype) and dg's shares [NK, B, T, H] (float32, to be summed; None without a gate) for a scalar
     decay gc [B, T, H] or none, from the states h and their gradients dh (also the delta rule's, with U~ for v).
     Hopper GPUs run the warp-specialized Gluon kernel where it applies (one share), others `_bwd_dqk_kernel`."""
-    if dqk_hopper.supported(q, v, layout.cu_seqlens):
+    if serves(q, v, layout.cu_seqlens):
         return dqk_hopper.bwd_dqk(q, k, v, gc, h, do, dh, scale, multiprocessors(q.device))
     B, T, H, K = q.shape
     dq, dk = torch.empty_like(q), torch.empty_like(k)

@@ -19,14 +19,13 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
 from kernels.common.hopper import (
-    CONSUMER_REGS, free_tile, hopper_gpu, issue_tile, item_coords, launch_options, mma2, new_ring, store_tile, take_tile,
+    free_tile, issue_tile, item_coords, launch_options, mma2, new_ring, store_tile, take_tile,
     tile_descriptor,
 )
 
 BT = 64  # chunk = tile size
 
 SLOTS = 24  # ring of 64 x 64 16-bit tiles in shared memory: 192 KB
-CONSUMERS = 1  # one compute warpgroup (see kernels/common/hopper.py)
 
 
 @gluon.jit
@@ -160,26 +159,13 @@ def _compute(q, k, gc, dq, dk, dg, p_bufs, bufs, ready, empty, T, NT, n_items, s
 # 481 at B16 T2048 H16 D128, gated (H100, session 23; not explained: no spills either way).
 @gluon.jit
 def _bwd_dqk_hopper_kernel(q, k, gc, dq, dk, dg, q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, T, NT, n_items, scale,
-                           H: gl.constexpr, K: gl.constexpr, V: gl.constexpr, USE_G: gl.constexpr, SLOTS: gl.constexpr, NC: gl.constexpr):
+                           H: gl.constexpr, K: gl.constexpr, V: gl.constexpr, USE_G: gl.constexpr, SLOTS: gl.constexpr):
     bufs, ready, empty = new_ring(q_desc, SLOTS)
-    p_bufs = gl.allocate_shared_memory(q_desc.dtype, [NC, 64, 64], q_desc.layout)
-    if NC == 1:
-        gl.warp_specialize([
-            (_compute, (q, k, gc, dq, dk, dg, p_bufs, bufs, ready, empty, T, NT, n_items, scale, H, K, V, USE_G, SLOTS, 0, 1)),
-            (_loader, (q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, bufs, ready, empty, T, NT, n_items, H, K, V, SLOTS)),
-        ], [1], [24])
-    else:
-        gl.warp_specialize([
-            (_compute, (q, k, gc, dq, dk, dg, p_bufs, bufs, ready, empty, T, NT, n_items, scale, H, K, V, USE_G, SLOTS, 0, 2)),
-            (_compute, (q, k, gc, dq, dk, dg, p_bufs, bufs, ready, empty, T, NT, n_items, scale, H, K, V, USE_G, SLOTS, 1, 2)),
-            (_loader, (q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, bufs, ready, empty, T, NT, n_items, H, K, V, SLOTS)),
-        ], [4, 1], [CONSUMER_REGS, 24])
-
-
-def supported(q: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | None) -> bool:
-    """Whether this kernel serves the inputs: a Hopper GPU (SEQMIX_GLUON not 0), 16-bit, K = V = 128, no packing."""
-    return (hopper_gpu(q) and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] == 128 and v.shape[-1] == 128
-            and cu_seqlens is None)
+    p_bufs = gl.allocate_shared_memory(q_desc.dtype, [1, 64, 64], q_desc.layout)
+    gl.warp_specialize([
+        (_compute, (q, k, gc, dq, dk, dg, p_bufs, bufs, ready, empty, T, NT, n_items, scale, H, K, V, USE_G, SLOTS, 0, 1)),
+        (_loader, (q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, bufs, ready, empty, T, NT, n_items, H, K, V, SLOTS)),
+    ], [1], [24])
 
 
 def bwd_dqk(q, k, v, gc, h, do, dh, scale: float, multiprocessors: int):
@@ -195,6 +181,6 @@ def bwd_dqk(q, k, v, gc, h, do, dh, scale: float, multiprocessors: int):
     _bwd_dqk_hopper_kernel[(min(n_items, multiprocessors),)](
         q, k, gc, dq, dk, dg, tile_descriptor(q, H * K), tile_descriptor(k, H * K), tile_descriptor(v, H * V),
         tile_descriptor(do, H * V), tile_descriptor(h, V), tile_descriptor(dh, V),
-        T, NT, n_items, scale, H=H, K=K, V=V, USE_G=gc is not None, SLOTS=SLOTS, **launch_options(CONSUMERS),
+        T, NT, n_items, scale, H=H, K=K, V=V, USE_G=gc is not None, SLOTS=SLOTS, **launch_options(1),
     )
     return dq, dk, dg

@@ -18,6 +18,16 @@ from tests.kernels.helpers import needs_cuda
 hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9, reason="needs a Hopper GPU")
 
 
+def gluon_cases(test):
+    """On a Hopper GPU (`-m gpu`), for gated and ungated inputs, T in {1, 65, 1000, 2048}, bf16 and fp16."""
+    marks = [pytest.mark.gpu, needs_cuda, hopper, pytest.mark.parametrize("gated", [True, False], ids=["gated", "ungated"]),
+             pytest.mark.parametrize("T", [1, 65, 1000, 2048]),
+             pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])]
+    for mark in reversed(marks):
+        test = mark(test)
+    return test
+
+
 def dqk_inputs(B: int, T: int, H: int, gated: bool, dtype: torch.dtype, seed: int) -> dict:
     from kernels.common.chunks import chunk_layout
     from kernels.common.cumsum import LOG2E, chunk_local_cumsum
@@ -32,12 +42,7 @@ def dqk_inputs(B: int, T: int, H: int, gated: bool, dtype: torch.dtype, seed: in
     return x | {"layout": layout, "scale": 128**-0.5}
 
 
-@pytest.mark.gpu
-@needs_cuda
-@hopper
-@pytest.mark.parametrize("gated", [True, False], ids=["gated", "ungated"])
-@pytest.mark.parametrize("T", [1, 65, 1000, 2048])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@gluon_cases
 def test_gpu_gluon_dqk_matches_triton(gated: bool, T: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
     from kernels.linear_recurrence.chunk import dqk_pass
 
@@ -55,14 +60,9 @@ def test_gpu_gluon_dqk_matches_triton(gated: bool, T: int, dtype: torch.dtype, m
     assert torch.isfinite(dq).all() and torch.isfinite(dk).all()
 
 
-@pytest.mark.gpu
-@needs_cuda
-@hopper
-@pytest.mark.parametrize("gated", [True, False], ids=["gated", "ungated"])
-@pytest.mark.parametrize("T", [1, 65, 1000, 2048])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@gluon_cases
 def test_gpu_gluon_wy_backward_matches_triton(gated: bool, T: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kernels.delta_rule import wy_hopper
+    from kernels.common.hopper import serves
     from kernels.delta_rule.chunk import _common, _wy_backward
 
     B, H = 3, 4
@@ -72,7 +72,7 @@ def test_gpu_gluon_wy_backward_matches_triton(gated: bool, T: int, dtype: torch.
     beta = torch.rand(B, T, H, device="cuda", generator=gen).to(dtype)
     dk_part = torch.randn(B, T, H, 128, device="cuda", generator=gen).to(dtype)
     dg_lr = torch.randn(1, B, T, H, device="cuda", generator=gen) if gated else None
-    assert wy_hopper.supported(k, x["v"], None)
+    assert serves(k, x["v"], None)
     args = (k, x["v"], beta, x["gc"], x["h"], x["q"], x["do"], dk_part, dg_lr, torch.float32, x["layout"],
             _common(x["q"], x["v"], x["layout"]))
     out = _wy_backward(*args)
