@@ -68,6 +68,14 @@ def item_coords(item, T, NT, H: gl.constexpr):
 
 
 @gluon.jit
+def item_rows(item, T, NT, H: gl.constexpr, K: gl.constexpr):
+    """(first row of the item's chunk in the (B·T, H·D) token views, first row of its state in the (chunks·H·K, V)
+    state views, head): where a loader's tiles of the item start."""
+    bos, i_t, i_h, i_c = item_coords(item, T, NT, H)
+    return bos + i_t * 64, (i_c * H + i_h) * K, i_h
+
+
+@gluon.jit
 def issue_tile(desc, r, c, bufs, ready, empty, j, SLOTS: gl.constexpr):
     """Load the tile at (r, c) of desc into ring slot j % SLOTS once the compute warps have freed it."""
     s = j % SLOTS

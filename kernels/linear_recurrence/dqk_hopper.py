@@ -19,7 +19,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
 from kernels.common.hopper import (
-    free_tile, issue_tile, item_coords, launch_options, mma2, new_ring, store_tile, take_tile,
+    free_tile, issue_tile, item_coords, item_rows, launch_options, mma2, new_ring, store_tile, take_tile,
     tile_descriptor,
 )
 
@@ -33,9 +33,7 @@ def _loader(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, bufs, ready, empty
             H: gl.constexpr, K: gl.constexpr, V: gl.constexpr, SLOTS: gl.constexpr):
     pid, step = gl.program_id(0), gl.num_programs(0)
     for it in range(gl.cdiv(n_items - pid, step)):
-        bos, i_t, i_h, i_c = item_coords(pid + it * step, T, NT, H)
-        row = bos + i_t * 64
-        hrow = (i_c * H + i_h) * K
+        row, hrow, i_h = item_rows(pid + it * step, T, NT, H, K)
         j = it * 16
         issue_tile(do_desc, row, i_h * V, bufs, ready, empty, j + 0, SLOTS)
         issue_tile(v_desc, row, i_h * V, bufs, ready, empty, j + 1, SLOTS)
