@@ -152,10 +152,11 @@ def _compute(q, k, gc, dq, dk, dg, p_bufs, bufs, ready, empty, T, NT, n_items, s
             free_tile(empty, j + i, SLOTS)
 
 
-# T, NT and n_items stay specialised (Triton compiles one variant per class of each: 1, a multiple of 16, other; so a
-# handful for all lengths, not one per length): with `do_not_specialize` on them this kernel took 692 us instead of
-# 481 at B16 T2048 H16 D128, gated (H100, session 23; not explained: no spills either way).
-@gluon.jit
+# T stays specialised (Triton compiles one variant per class of it: 1, a multiple of 16, other; three for all lengths,
+# not one per length): with `do_not_specialize` on T too this kernel took 692 us instead of 481 at B16 T2048 H16 D128,
+# gated (H100, session 23; no spills either way: the unspecialised code has 13 more mask comparisons in its PTX, the
+# rest is ptxas's). The chunk and item counts are not specialised: the PTX is the same as with them specialised.
+@gluon.jit(do_not_specialize=["NT", "n_items"])
 def _bwd_dqk_hopper_kernel(q, k, gc, dq, dk, dg, q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, T, NT, n_items, scale,
                            H: gl.constexpr, K: gl.constexpr, V: gl.constexpr, USE_G: gl.constexpr, SLOTS: gl.constexpr):
     bufs, ready, empty = new_ring(q_desc, SLOTS)
