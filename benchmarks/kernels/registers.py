@@ -96,8 +96,10 @@ def autotune_choices(module, name: str) -> tuple:
     return kernel, list(choices.values()) or [triton.Config({})]
 
 
-def compile_launch(launch: dict, arch: int) -> list[dict]:
-    """Compile one recorded launch for sm_<arch> with each of its autotune configs; one row per config."""
+def compile_launch(launch: dict, arch: int, lengths: int | None = None) -> list[dict]:
+    """Compile one recorded launch for sm_<arch> with each of its autotune configs; one row per config. With `lengths`,
+    the integers a kernel keeps unspecialised (`do_not_specialize`: T, row counts) are compiled as that value and
+    specialised as the JIT would without the exemption (2048: a multiple of 16), to see what the exemption costs."""
     import triton
     from triton.backends.compiler import BaseBackend, GPUTarget
     from triton.compiler import ASTSource
@@ -111,8 +113,11 @@ def compile_launch(launch: dict, arch: int) -> list[dict]:
         if param.is_constexpr:
             signature[param.name], constexprs[(i,)] = "constexpr", value
             continue
+        specialise = not param.do_not_specialize
+        if lengths is not None and param.do_not_specialize and kind == "value":
+            value, specialise = lengths, True
         arg = MockTensor(DTYPES[value]) if kind == "tensor" else value
-        ty, desc = native_specialize_impl(BaseBackend, arg, False, not param.do_not_specialize, True)
+        ty, desc = native_specialize_impl(BaseBackend, arg, False, specialise, True)
         signature[param.name] = ty
         if ty == "constexpr":
             constexprs[(i,)] = desc
@@ -146,6 +151,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--shape", default="B1_T128_H2_D128", help="B{B}_T{T}_H{H}_D{D}: D sets the kernels' tiles")
     parser.add_argument("--arch", type=int, default=90, help="compute capability: 90 = H100 / H200")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--specialise-lengths", type=int, metavar="T",
+                        help="compile the kernels' unspecialised lengths as T, specialised (writes *_lengths_specialised)")
     parser.add_argument("--record", action="store_true", help=argparse.SUPPRESS)  # the interpreter step
     args = parser.parse_args(argv)
     if args.record:
@@ -154,13 +161,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     env = dict(os.environ, TRITON_INTERPRET="1")
     command = [sys.executable, "-m", "benchmarks.kernels.registers", "--record", "--shape", args.shape, "--ops", *args.ops]
     launches = json.loads(subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=True).stdout)
-    rows = [row for launch in launches for row in compile_launch(launch, args.arch)]
+    rows = [row for launch in launches for row in compile_launch(launch, args.arch, args.specialise_lengths)]
     import triton
 
     header = (f"Triton {triton.__version__} kernels compiled for sm_{args.arch} (no GPU needed), ops {' '.join(args.ops)} at "
               f"{args.shape}, bf16; {datetime.date.today()}")
+    stem = f"kernel_registers_sm{args.arch}"
+    if args.specialise_lengths is not None:
+        header += f"; lengths (T, row counts) compiled as {args.specialise_lengths}, specialised"
+        stem += "_lengths_specialised"
     data = json.dumps({"header": header, "rows": rows}, indent=1, default=str)
-    save_table(args.out, f"kernel_registers_sm{args.arch}", markdown(rows, header), ".json", data)
+    save_table(args.out, stem, markdown(rows, header), ".json", data)
     return rows
 
 

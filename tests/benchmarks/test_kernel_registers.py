@@ -25,3 +25,9 @@ def test_a_kernel_with_two_autotuners_compiles_with_both_config_lists():
     assert jit is chunk._delta_dh_kernel
     expected = {str(c) for c in chunk._delta_dh[False].configs + chunk._delta_dh[True].configs}
     assert {str(c) for c in choices} == expected and len(choices) == len(expected)
+
+
+def test_lengths_can_be_compiled_specialised(tmp_path):
+    rows = registers.main(["--ops", "lr_scalar", "--shape", "B1_T64_H1_D64", "--out", str(tmp_path), "--specialise-lengths", "2048"])
+    assert rows and all(0 < r["registers"] <= 255 for r in rows)
+    assert "compiled as 2048, specialised" in (tmp_path / "kernel_registers_sm90_lengths_specialised.md").read_text()
