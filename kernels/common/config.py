@@ -13,6 +13,14 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def length_args(*names: str) -> list[str]:
+    """A kernel's `do_not_specialize` list for its length arguments (T, row counts): all of them, so that one compiled
+    kernel serves every length; none with SEQMIX_SPECIALISE_LENGTHS=1 (read at import), so that Triton compiles one
+    variant per class of each (1, a multiple of 16, other), which can save registers (`python -m
+    benchmarks.kernels.registers --specialise-lengths 2048`) and time (the Gluon dQ/dK pass: 692 -> 481 us)."""
+    return [] if os.environ.get("SEQMIX_SPECIALISE_LENGTHS", "0") not in ("", "0") else list(names)
+
+
 def warp_specialized() -> bool:
     """Whether Hopper GPUs run the Gluon (warp-specialized) kernels where they exist; SEQMIX_GLUON=0 keeps them on
     the Triton kernels (for comparisons)."""

@@ -10,6 +10,8 @@ import math
 import torch
 import triton
 import triton.language as tl
+
+from kernels.common.config import length_args
 from torch import Tensor
 
 from kernels.common.chunks import ChunkLayout, chunk_coords
@@ -17,7 +19,7 @@ from kernels.common.chunks import ChunkLayout, chunk_coords
 LOG2E = math.log2(math.e)
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=length_args("T"))
 def _chunk_local_cumsum_kernel(
     x, out, cu_seqlens, chunk_indices, T,
     H: tl.constexpr, BT: tl.constexpr, SCALE: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -32,7 +34,7 @@ def _chunk_local_cumsum_kernel(
     tl.store(out + rows, tl.cumsum(b_x, axis=0) * SCALE, mask=m_t)
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=length_args("T"))
 def _chunk_local_cumsum_channels_kernel(
     x, out, cu_seqlens, chunk_indices, T,
     H: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, SCALE: tl.constexpr, IS_VARLEN: tl.constexpr,

@@ -37,7 +37,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.common.chunks import ChunkLayout, chunk_layout, chunk_rows, sequence_coords
-from kernels.common.config import all_configs, configs, keep_states, multiprocessors
+from kernels.common.config import all_configs, configs, keep_states, length_args, multiprocessors
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
 from kernels.common.hopper import serves
 from kernels.common.ops import call, eager_function, empty_for_none
@@ -73,7 +73,7 @@ def _dot_t(t, x, dt: tl.constexpr, DOT_PREC: tl.constexpr):
     return tl.dot(hi, x, input_precision=DOT_PREC) + tl.dot((t - hi.to(tl.float32)).to(dt), x, input_precision=DOT_PREC)
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=length_args("T"))
 def _delta_h_kernel(
     q, k, v, beta, gc, Tm, h, v_new, o, h0, ht, cu_seqlens, chunk_offsets, T, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -131,7 +131,7 @@ def _delta_h_kernel(
         tl.store(ht + i_nh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=length_args("T"))
 def _delta_dh_kernel(
     q, k, beta, gc, Tm, do, dv_local, dh, dx, dht, dh0, cu_seqlens, chunk_offsets, T, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,

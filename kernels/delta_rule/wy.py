@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from kernels.common.chunks import chunk_coords, chunk_rows
-from kernels.common.config import all_configs, configs
+from kernels.common.config import all_configs, configs, length_args
 from kernels.linear_recurrence.passes import KEY
 
 WY_CHOICES = all_configs(warps=(4, 8), stages=(3, 2))
@@ -100,7 +100,7 @@ def _invert_unit_lower_64(p, BT: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.autotune(configs=configs(INVERSE_CHOICES), key=["H", "K", "BK", "USE_G", "IS_VARLEN"])
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=length_args("T"))
 def _inverse_kernel(
     k, beta, gc, Tm, cu_seqlens, chunk_indices, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
@@ -133,7 +133,7 @@ def _inverse_kernel(
 
 
 @triton.autotune(configs=configs(WY_CHOICES), key=KEY + ["NK_LR"])
-@triton.jit(do_not_specialize=["T", "n_rows"])
+@triton.jit(do_not_specialize=length_args("T", "n_rows"))
 def _wy_bwd_kernel(
     k, v, beta, gc, h, v_new, dx, dk_acc, dk, dv, dbeta, dg_lr, dg, cu_seqlens, chunk_indices, T, n_rows,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,

@@ -16,6 +16,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
+from kernels.common.config import length_args
 from kernels.common.hopper import (
     CONSUMER_REGS, free_tile, issue_tile, item_coords, item_rows, launch_options, mma2, new_ring, store_tile, take_tile,
     tile_descriptor,
@@ -144,7 +145,7 @@ def _compute(beta, gc, dk, dv, dbeta, dg_lr, dg, b_bufs, bufs, ready, empty, T, 
             gl.store(dg + rows, b_dg.to(dg.dtype.element_ty), mask=m_r)
 
 
-@gluon.jit(do_not_specialize=["T", "NT", "n_items", "n_rows"])  # one compiled kernel for every length
+@gluon.jit(do_not_specialize=length_args("T", "NT", "n_items", "n_rows"))  # one compiled kernel for every length
 def _wy_bwd_hopper_kernel(beta, gc, dk, dv, dbeta, dg_lr, dg, k_desc, v_desc, u_desc, dx_desc, h_desc, a_desc,
                           T, NT, n_items, n_rows, H: gl.constexpr, K: gl.constexpr, V: gl.constexpr,
                           USE_G: gl.constexpr, NK_LR: gl.constexpr, SLOTS: gl.constexpr):

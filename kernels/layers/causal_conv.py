@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.common.config import aligned_rows
+from kernels.common.config import aligned_rows, length_args
 from kernels.common.ops import call, eager_function, empty_for_none, fake_grads, saved_inputs_autograd
 
 # [time, channel] tiles per program. H100, speech app's 656 x 100 x 512 bf16 (session 15), forward / backward in us:
@@ -57,7 +57,7 @@ def _pre_activation(x, state, w, bias, i_b, rows, o_c, m_c, T, C, DIL, W, sx_b, 
     return acc
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=length_args("T"))
 def _conv_fwd_kernel(
     x, state, w, bias, y, T, C, DIL, sx_b, sx_t, ss_b, ss_t, n_t,
     K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, HAS_STATE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
@@ -75,7 +75,7 @@ def _conv_fwd_kernel(
     tl.store(y + (i_b * T + rows)[:, None] * C + o_c[None, :], acc.to(y.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=length_args("T"))
 def _conv_dpre_kernel(
     x, state, w, bias, dy, dpre, dw_part, db_part, T, C, DIL, sx_b, sx_t, ss_b, ss_t, n_t,
     K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, HAS_STATE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
@@ -104,7 +104,7 @@ def _conv_dpre_kernel(
         tl.store(db_part + part * C + o_c, tl.sum(d, axis=0), mask=m_c)
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=length_args("T"))
 def _conv_dx_kernel(
     dpre, w, dx, dstate, T, C, DIL, n_t,
     K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, HAS_STATE: tl.constexpr,

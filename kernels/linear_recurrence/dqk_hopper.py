@@ -18,6 +18,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
+from kernels.common.config import length_args
 from kernels.common.hopper import (
     free_tile, issue_tile, item_coords, item_rows, launch_options, mma2, new_ring, store_tile, take_tile,
     tile_descriptor,
@@ -156,7 +157,7 @@ def _compute(q, k, gc, dq, dk, dg, p_bufs, bufs, ready, empty, T, NT, n_items, s
 # not one per length): with `do_not_specialize` on T too this kernel took 692 us instead of 481 at B16 T2048 H16 D128,
 # gated (H100, session 23; no spills either way: the unspecialised code has 13 more mask comparisons in its PTX, the
 # rest is ptxas's). The chunk and item counts are not specialised: the PTX is the same as with them specialised.
-@gluon.jit(do_not_specialize=["NT", "n_items"])
+@gluon.jit(do_not_specialize=length_args("NT", "n_items"))
 def _bwd_dqk_hopper_kernel(q, k, gc, dq, dk, dg, q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, T, NT, n_items, scale,
                            H: gl.constexpr, K: gl.constexpr, V: gl.constexpr, USE_G: gl.constexpr, SLOTS: gl.constexpr):
     bufs, ready, empty = new_ring(q_desc, SLOTS)

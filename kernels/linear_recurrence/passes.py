@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from kernels.common.chunks import chunk_coords, chunk_rows, sequence_coords
-from kernels.common.config import all_configs, configs
+from kernels.common.config import all_configs, configs, length_args
 from kernels.linear_recurrence import vector_decay
 
 # Block sizes come from the head dims (see the launchers); autotuning picks warps and pipeline depth,
@@ -27,7 +27,7 @@ KEY = ["H", "K", "V", "BK", "BV", "USE_G", "IS_VARLEN"]
 
 
 @triton.autotune(configs=configs(STATE_CHOICES), key=KEY + ["G_PER_K", "USE_H0", "STORE_HT"])
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=length_args("T"))
 def _fwd_h_kernel(
     k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -69,7 +69,7 @@ def _fwd_h_kernel(
 
 
 @triton.autotune(configs=configs(STATE_CHOICES), key=KEY + ["G_PER_K", "USE_DHT", "STORE_DH0"])
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=length_args("T"))
 def _bwd_dh_kernel(
     q, do, gc, dh, dht, dh0, cu_seqlens, chunk_offsets, T, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -116,7 +116,7 @@ def _bwd_dh_kernel(
 
 
 @triton.autotune(configs=configs(TILE_CHOICES), key=KEY + ["G_PER_K"])
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=length_args("T"))
 def _fwd_o_kernel(
     q, k, v, gc, h, o, cu_seqlens, chunk_indices, T, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -160,7 +160,7 @@ def _fwd_o_kernel(
 
 
 @triton.autotune(configs=configs(TILE_CHOICES), key=KEY + ["USE_DH", "G_PER_K"])
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=length_args("T"))
 def _bwd_dv_kernel(
     q, k, gc, do, dh, dv, cu_seqlens, chunk_indices, T, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -215,7 +215,7 @@ def _bwd_dv_kernel(
 
 
 @triton.autotune(configs=configs(TILE_CHOICES), key=KEY)
-@triton.jit(do_not_specialize=["T", "n_rows"])
+@triton.jit(do_not_specialize=length_args("T", "n_rows"))
 def _bwd_dqk_kernel(
     q, k, v, gc, h, do, dh, dq, dk, dg, cu_seqlens, chunk_indices, T, scale, n_rows,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,

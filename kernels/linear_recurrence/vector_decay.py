@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from kernels.common.chunks import chunk_coords, chunk_rows
-from kernels.common.config import all_configs, configs
+from kernels.common.config import all_configs, configs, length_args
 
 SUB_CHUNK = 16
 DIAGONAL_DOT_SPAN = tl.constexpr(96.0)  # log2 units; see the module docstring
@@ -62,7 +62,7 @@ def _span(p_first, p_last, K: tl.constexpr, BK: tl.constexpr):
 
 
 @triton.autotune(configs=configs(SCORE_CHOICES), key=["H", "K", "BK", "IS_VARLEN"])
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=length_args("T"))
 def _intra_scores_kernel(
     q, k, gc, A, cu_seqlens, chunk_indices, T,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
@@ -122,7 +122,7 @@ def _intra_scores_kernel(
 
 
 @triton.autotune(configs=configs(GRAD_CHOICES), key=KEY)
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=length_args("T"))
 def _intra_grad_kernel(
     q, k, v, gc, do, dq, dk, dAd, cu_seqlens, chunk_indices, T, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
@@ -226,7 +226,7 @@ def _intra_grad_kernel(
 
 
 @triton.autotune(configs=configs(DQKG_CHOICES), key=KEY)
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=length_args("T"))
 def _dqkg_kernel(
     q, k, v, gc, h, do, dh, dq_intra, dk_intra, dq, dk, dg, cu_seqlens, chunk_indices, T, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
