@@ -158,7 +158,9 @@ def _wy_bwd_hopper_kernel(beta, gc, dk, dv, dbeta, dg_lr, dg, k_desc, v_desc, u_
     ], [4, 1], [CONSUMER_REGS, 24])
 
 
-def wy_bwd(k, v, beta, gc, h, v_new, dx, dk_acc, dg_lr, dg_dtype: torch.dtype, multiprocessors: int):
+def wy_bwd(k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, gc: torch.Tensor | None, h: torch.Tensor, v_new: torch.Tensor,
+           dx: torch.Tensor, dk_acc: torch.Tensor, dg_lr: torch.Tensor | None, dg_dtype: torch.dtype,
+           multiprocessors: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """dk, dv (input dtype), dbeta (beta's dtype) and dg [B, T, H] (dg_dtype; None without gc) from k, v, U~ (v_new),
     dX, the linear recurrence's dK part [B, T, H, 128], beta, gc [B, T, H], h [B * NT, H, 128, 128] and dg's shares
     dg_lr [NK_LR, B, T, H] (float32)."""

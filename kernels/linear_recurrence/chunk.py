@@ -148,7 +148,8 @@ def _backward(q, k, v, gc, scale, h0, layout, do, dht, need_dh0, A=None, h=None)
     return dq, dk, dv, (None if dg is None else dg.sum(0)), dh0
 
 
-def dqk_pass(q, k, v, gc, h, do, dh, scale, layout) -> tuple[Tensor, Tensor, Tensor | None]:
+def dqk_pass(q: Tensor, k: Tensor, v: Tensor, gc: Tensor | None, h: Tensor, do: Tensor, dh: Tensor, scale: float,
+             layout: ChunkLayout) -> tuple[Tensor, Tensor, Tensor | None]:
     """dQ, dK (input dtype) and dg's shares [NK, B, T, H] (float32, to be summed; None without a gate) for a scalar
     decay gc [B, T, H] or none, from the states h and their gradients dh (also the delta rule's, with U~ for v).
     Hopper GPUs run the warp-specialized Gluon kernel where it applies (one share), others `_bwd_dqk_kernel`."""

@@ -168,7 +168,8 @@ def _bwd_dqk_hopper_kernel(q, k, gc, dq, dk, dg, q_desc, k_desc, v_desc, do_desc
     ], [1], [24])
 
 
-def bwd_dqk(q, k, v, gc, h, do, dh, scale: float, multiprocessors: int):
+def bwd_dqk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gc: torch.Tensor | None, h: torch.Tensor, do: torch.Tensor,
+            dh: torch.Tensor, scale: float, multiprocessors: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """dq, dk (input dtype) and dg [1, B, T, H] (float32, None without gc) from q, k, v, dO [B, T, H, 128],
     gc [B, T, H] (the chunk-local log2 cumsum) or None, and h, dh [B * NT, H, 128, 128]."""
     B, T, H, K = q.shape
