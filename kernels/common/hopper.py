@@ -21,6 +21,10 @@ from kernels.common.config import warp_specialized
 # (65536 registers over 3 warpgroups of 128 threads). Which is faster depends on the kernel (H100, B16 T2048 H16
 # D128, gated, session 23): the WY backward 472 us with two against 574 with one (its elementwise work waits on one
 # warpgroup), the dQ/dK pass 487 us with one against 551 with two (it needs more than 240 registers: spills).
+# The wgmma accumulator layout of a 64 x 64 tile over one warpgroup, and its rows' and columns' slices.
+MMA = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16]))
+MMA_ROWS = gl.constexpr(gl.SliceLayout(1, MMA))
+MMA_COLS = gl.constexpr(gl.SliceLayout(0, MMA))
 CONSUMER_REGS = gl.constexpr(240)
 MAXNREG = 168
 
@@ -92,6 +96,29 @@ def issue_tile(desc, r, c, bufs, ready, empty, j, SLOTS: gl.constexpr):
 
 
 @gluon.jit
+def issue_pairs(a_desc, b_desc, row, col, bufs, ready, empty, j, SLOTS: gl.constexpr):
+    """Tiles j .. j + 3: the 64-column halves of a and b at (row, col), interleaved (a, b, a + 64, b + 64)."""
+    issue_tile(a_desc, row, col, bufs, ready, empty, j, SLOTS)
+    issue_tile(b_desc, row, col, bufs, ready, empty, j + 1, SLOTS)
+    issue_tile(a_desc, row, col + 64, bufs, ready, empty, j + 2, SLOTS)
+    issue_tile(b_desc, row, col + 64, bufs, ready, empty, j + 3, SLOTS)
+
+
+@gluon.jit
+def issue_halves(desc, row, col, bufs, ready, empty, j, SLOTS: gl.constexpr):
+    """Tiles j, j + 1: the two 64-column halves of desc at (row, col)."""
+    issue_tile(desc, row, col, bufs, ready, empty, j, SLOTS)
+    issue_tile(desc, row, col + 64, bufs, ready, empty, j + 1, SLOTS)
+
+
+@gluon.jit
+def issue_state(desc, hrow, bufs, ready, empty, j, SLOTS: gl.constexpr):
+    """Tiles j .. j + 3: the four 64 x 64 blocks of a 128 x 128 state at row hrow, row-major (keys 0..63 first)."""
+    issue_halves(desc, hrow, 0, bufs, ready, empty, j, SLOTS)
+    issue_halves(desc, hrow + 64, 0, bufs, ready, empty, j + 2, SLOTS)
+
+
+@gluon.jit
 def take_tile(bufs, ready, j, SLOTS: gl.constexpr):
     """Wait for tile j and return its slot."""
     s = j % SLOTS
@@ -108,8 +135,7 @@ def free_tile(empty, j, SLOTS: gl.constexpr):
 @gluon.jit
 def mma2(a0, b0, a1, b1):
     """a0 b0 + a1 b1 for 64 x 64 shared-memory operands, float32 [64, 64] in the wgmma layout."""
-    layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
-    acc = warpgroup_mma(a0, b0, gl.zeros([64, 64], gl.float32, layout), use_acc=False, is_async=True)
+    acc = warpgroup_mma(a0, b0, gl.zeros([64, 64], gl.float32, MMA), use_acc=False, is_async=True)
     return warpgroup_mma(a1, b1, acc, is_async=True)
 
 

@@ -18,8 +18,8 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 
 from kernels.common.config import length_args
 from kernels.common.hopper import (
-    CONSUMER_REGS, free_tile, issue_tile, item_coords, item_rows, launch_options, mma2, new_ring, store_tile, take_tile,
-    tile_descriptor,
+    MMA, MMA_COLS, MMA_ROWS, CONSUMER_REGS, free_tile, issue_halves, issue_pairs, issue_state, item_coords, item_rows,
+    launch_options, mma2, new_ring, store_tile, take_tile, tile_descriptor,
 )
 
 BT = 64  # chunk = tile size
@@ -33,20 +33,11 @@ def _loader(k_desc, v_desc, u_desc, dx_desc, h_desc, a_desc, bufs, ready, empty,
     for it in range(gl.cdiv(n_items - pid, step)):
         row, hrow, i_h = item_rows(pid + it * step, T, NT, H, K)
         j = it * 14
-        issue_tile(dx_desc, row, i_h * V, bufs, ready, empty, j + 0, SLOTS)
-        issue_tile(u_desc, row, i_h * V, bufs, ready, empty, j + 1, SLOTS)
-        issue_tile(dx_desc, row, i_h * V + 64, bufs, ready, empty, j + 2, SLOTS)
-        issue_tile(u_desc, row, i_h * V + 64, bufs, ready, empty, j + 3, SLOTS)
-        issue_tile(k_desc, row, i_h * K, bufs, ready, empty, j + 4, SLOTS)
-        issue_tile(k_desc, row, i_h * K + 64, bufs, ready, empty, j + 5, SLOTS)
-        issue_tile(h_desc, hrow, 0, bufs, ready, empty, j + 6, SLOTS)
-        issue_tile(h_desc, hrow, 64, bufs, ready, empty, j + 7, SLOTS)
-        issue_tile(h_desc, hrow + 64, 0, bufs, ready, empty, j + 8, SLOTS)
-        issue_tile(h_desc, hrow + 64, 64, bufs, ready, empty, j + 9, SLOTS)
-        issue_tile(v_desc, row, i_h * V, bufs, ready, empty, j + 10, SLOTS)
-        issue_tile(v_desc, row, i_h * V + 64, bufs, ready, empty, j + 11, SLOTS)
-        issue_tile(a_desc, row, i_h * K, bufs, ready, empty, j + 12, SLOTS)
-        issue_tile(a_desc, row, i_h * K + 64, bufs, ready, empty, j + 13, SLOTS)
+        issue_pairs(dx_desc, u_desc, row, i_h * V, bufs, ready, empty, j, SLOTS)  # 0..3: dX, U~ halves
+        issue_halves(k_desc, row, i_h * K, bufs, ready, empty, j + 4, SLOTS)  # 4, 5: K
+        issue_state(h_desc, hrow, bufs, ready, empty, j + 6, SLOTS)  # 6..9: h[c]
+        issue_halves(v_desc, row, i_h * V, bufs, ready, empty, j + 10, SLOTS)  # 10, 11: V
+        issue_halves(a_desc, row, i_h * K, bufs, ready, empty, j + 12, SLOTS)  # 12, 13: the linear recurrence's dK
 
 
 @gluon.jit
@@ -55,9 +46,9 @@ def _compute(beta, gc, dk, dv, dbeta, dg_lr, dg, b_bufs, bufs, ready, empty, T, 
              SLOTS: gl.constexpr, c: gl.constexpr, NC: gl.constexpr):
     """Consumer c of NC: every NC-th item of this program's, from the c-th on."""
     b_smem = b_bufs.index(c)
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
-    rows_l: gl.constexpr = gl.SliceLayout(1, mma)
-    cols_l: gl.constexpr = gl.SliceLayout(0, mma)
+    mma: gl.constexpr = MMA
+    rows_l: gl.constexpr = MMA_ROWS
+    cols_l: gl.constexpr = MMA_COLS
     o_r = gl.arange(0, 64, layout=rows_l)
     o_c = gl.arange(0, 64, layout=cols_l)
     pid, step = gl.program_id(0), gl.num_programs(0)

@@ -20,12 +20,11 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 
 from kernels.common.config import length_args
 from kernels.common.hopper import (
-    free_tile, issue_tile, item_coords, item_rows, launch_options, mma2, new_ring, store_tile, take_tile,
-    tile_descriptor,
+    MMA, MMA_COLS, MMA_ROWS, free_tile, issue_halves, issue_pairs, issue_state, item_coords, item_rows, launch_options,
+    mma2, new_ring, store_tile, take_tile, tile_descriptor,
 )
 
 BT = 64  # chunk = tile size
-
 SLOTS = 24  # ring of 64 x 64 16-bit tiles in shared memory: 192 KB
 
 
@@ -36,22 +35,11 @@ def _loader(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, bufs, ready, empty
     for it in range(gl.cdiv(n_items - pid, step)):
         row, hrow, i_h = item_rows(pid + it * step, T, NT, H, K)
         j = it * 16
-        issue_tile(do_desc, row, i_h * V, bufs, ready, empty, j + 0, SLOTS)
-        issue_tile(v_desc, row, i_h * V, bufs, ready, empty, j + 1, SLOTS)
-        issue_tile(do_desc, row, i_h * V + 64, bufs, ready, empty, j + 2, SLOTS)
-        issue_tile(v_desc, row, i_h * V + 64, bufs, ready, empty, j + 3, SLOTS)
-        issue_tile(h_desc, hrow, 0, bufs, ready, empty, j + 4, SLOTS)
-        issue_tile(h_desc, hrow, 64, bufs, ready, empty, j + 5, SLOTS)
-        issue_tile(h_desc, hrow + 64, 0, bufs, ready, empty, j + 6, SLOTS)
-        issue_tile(h_desc, hrow + 64, 64, bufs, ready, empty, j + 7, SLOTS)
-        issue_tile(k_desc, row, i_h * K, bufs, ready, empty, j + 8, SLOTS)
-        issue_tile(k_desc, row, i_h * K + 64, bufs, ready, empty, j + 9, SLOTS)
-        issue_tile(q_desc, row, i_h * K, bufs, ready, empty, j + 10, SLOTS)
-        issue_tile(q_desc, row, i_h * K + 64, bufs, ready, empty, j + 11, SLOTS)
-        issue_tile(dh_desc, hrow, 0, bufs, ready, empty, j + 12, SLOTS)
-        issue_tile(dh_desc, hrow, 64, bufs, ready, empty, j + 13, SLOTS)
-        issue_tile(dh_desc, hrow + 64, 0, bufs, ready, empty, j + 14, SLOTS)
-        issue_tile(dh_desc, hrow + 64, 64, bufs, ready, empty, j + 15, SLOTS)
+        issue_pairs(do_desc, v_desc, row, i_h * V, bufs, ready, empty, j, SLOTS)  # 0..3: dO, V halves
+        issue_state(h_desc, hrow, bufs, ready, empty, j + 4, SLOTS)  # 4..7: h[c]
+        issue_halves(k_desc, row, i_h * K, bufs, ready, empty, j + 8, SLOTS)  # 8, 9: K
+        issue_halves(q_desc, row, i_h * K, bufs, ready, empty, j + 10, SLOTS)  # 10, 11: Q
+        issue_state(dh_desc, hrow, bufs, ready, empty, j + 12, SLOTS)  # 12..15: dh[c]
 
 
 @gluon.jit
@@ -62,9 +50,9 @@ def _compute(q, k, gc, dq, dk, dg, p_bufs, bufs, ready, empty, T, NT, n_items, s
     V dhᵀ; dK; dg. (One consumer issuing V dhᵀ with dQ's products, to overlap the elementwise work, spilled registers
     and took 635 µs instead of 560 at B16 T2048 H16, gated; H100, session 23.)"""
     p_smem = p_bufs.index(c)
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 64, 16])
-    rows_l: gl.constexpr = gl.SliceLayout(1, mma)
-    cols_l: gl.constexpr = gl.SliceLayout(0, mma)
+    mma: gl.constexpr = MMA
+    rows_l: gl.constexpr = MMA_ROWS
+    cols_l: gl.constexpr = MMA_COLS
     o_r = gl.arange(0, 64, layout=rows_l)
     o_c = gl.arange(0, 64, layout=cols_l)
     pid, step = gl.program_id(0), gl.num_programs(0)
