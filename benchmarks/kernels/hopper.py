@@ -2,9 +2,10 @@
 
     python -m benchmarks.kernels.hopper [--shapes B16_T2048_H16_D128 ...] [--out DIR]
 
-The dQ/dK/dg pass (`dqk_pass`) and the delta rule's WY backward (`_wy_backward`), gated and not, bf16, K = V = 128:
-median time (do_bench, CUDA events, warm-up excluded) with SEQMIX_GLUON=1 and =0 (Triton's default configs:
-SEQMIX_TRITON_AUTOTUNE=0), and the relative RMS difference of their outputs. Prints a table and writes
+The dQ/dK/dg pass (`dqk_pass`), the delta rule's reverse state pass (`_reverse_pass`; the Gluon kernel called
+directly, also at shapes where the dispatch keeps Triton's) and its WY backward (`_wy_backward`), gated and not, bf16,
+K = V = 128: median time (do_bench, CUDA events, warm-up excluded) with SEQMIX_GLUON=1 and =0 (Triton's default
+configs: SEQMIX_TRITON_AUTOTUNE=0), and the relative RMS difference of their outputs. Prints a table and writes
 DIR/hopper_kernels_<device>_<date>.{json,md} (default DIR benchmarks/results).
 """
 
@@ -29,7 +30,7 @@ def inputs(B: int, T: int, H: int, gated: bool) -> dict:
     """Random bf16 inputs of both passes (the states h, dh and the WY pass's U~, dX, dK part as standard normals)."""
     from kernels.common.chunks import chunk_layout
     from kernels.common.cumsum import LOG2E, chunk_local_cumsum
-    from kernels.delta_rule.chunk import _common
+    from kernels.delta_rule.chunk import _common, _inverse
 
     layout = chunk_layout(B, T, 64, None)
     x = {n: torch.randn(B, T, H, 128, device="cuda", dtype=torch.bfloat16) for n in ("q", "k", "v", "do", "u", "dx", "dk_part")}
@@ -40,7 +41,21 @@ def inputs(B: int, T: int, H: int, gated: bool) -> dict:
     x["gc"] = None if g is None else chunk_local_cumsum(g, layout, 64, scale=LOG2E)
     x["beta"] = torch.rand(B, T, H, device="cuda").to(torch.bfloat16)
     x["dg_lr"] = torch.randn(1, B, T, H, device="cuda") if gated else None
-    return x | {"layout": layout, "common": _common(x["q"], x["v"], layout)}
+    common = _common(x["q"], x["v"], layout)
+    x["Tm"] = _inverse(x["k"], x["beta"], x["gc"], layout, common)
+    return x | {"layout": layout, "common": common}
+
+
+def reverse_pass(x: dict) -> tuple:
+    """The delta rule's reverse state pass: the Gluon kernel itself under SEQMIX_GLUON=1, also at shapes where the
+    dispatch keeps Triton's."""
+    from kernels.delta_rule import dh_hopper
+    from kernels.delta_rule.chunk import _reverse_pass
+
+    args = (x["q"], x["k"], x["beta"], x["gc"], x["Tm"], x["do"], x["v"], None, False, 128**-0.5)
+    if os.environ["SEQMIX_GLUON"] == "1":
+        return dh_hopper.delta_dh(*args)
+    return _reverse_pass(*args, x["layout"], x["common"])
 
 
 def compare(fn) -> tuple[float, float, float]:
@@ -78,6 +93,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             x = inputs(shape.B, shape.T, shape.H, gated)
             passes = {
                 "dQ/dK/dg": lambda: dqk_pass(x["q"], x["k"], x["v"], x["gc"], x["h"], x["do"], x["dh"], 128**-0.5, x["layout"]),
+                "reverse state pass": lambda: reverse_pass(x),
                 "WY backward": lambda: _wy_backward(x["k"], x["v"], x["beta"], x["gc"], x["h"], x["u"], x["dx"], x["dk_part"],
                                                     x["dg_lr"], torch.float32, x["layout"], x["common"]),
             }
@@ -85,7 +101,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 gluon_us, triton_us, diff = compare(fn)
                 rows.append({"shape": name, "pass": kernel, "gate": "scalar" if gated else "none", "gluon_us": round(gluon_us, 1),
                              "triton_us": round(triton_us, 1), "speedup": round(triton_us / gluon_us, 3), "rel_rms_diff": diff})
-                print(f"{name} {kernel:12s} {rows[-1]['gate']:6s} Gluon {gluon_us:7.1f} µs  Triton {triton_us:7.1f} µs  "
+                print(f"{name} {kernel:18s} {rows[-1]['gate']:6s} Gluon {gluon_us:7.1f} µs  Triton {triton_us:7.1f} µs  "
                       f"difference {diff:.1e}", flush=True)
     device = torch.cuda.get_device_name()
     lines = [f"Gluon against Triton kernels, {device}, torch {torch.__version__}, {datetime.date.today()}: median µs (do_bench), "

@@ -45,27 +45,31 @@ def serves(k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | None) ->
             and cu_seqlens is None)
 
 
+_GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
+
+
 @functools.cache
 def _tile_layout(dtype: torch.dtype) -> gl.NVMMASharedLayout:
     """The shared-memory layout of a 64 x 64 tile (5 us to build on the development machine's CPU: built once)."""
-    return gl.NVMMASharedLayout.get_default_for([64, 64], gl.bfloat16 if dtype == torch.bfloat16 else gl.float16)
+    return gl.NVMMASharedLayout.get_default_for([64, 64], _GL_DTYPES[dtype])
 
 
 def tile_descriptor(x: torch.Tensor, columns: int) -> TensorDescriptor:
-    """A TMA descriptor of 64 x 64 tiles over x viewed as (-1, columns) rows (x contiguous, 16-bit)."""
+    """A TMA descriptor of 64 x 64 tiles over x viewed as (-1, columns) rows (x contiguous, 16-bit or float32)."""
     flat = x.view(-1, columns)
     return TensorDescriptor(flat, list(flat.shape), list(flat.stride()), [64, 64], _tile_layout(x.dtype))
 
 
 @gluon.jit
-def new_ring(desc, SLOTS: gl.constexpr):
-    """SLOTS tiles of desc's block in shared memory, and their `ready` and `empty` barriers."""
+def new_ring(desc, SLOTS: gl.constexpr, CONSUMERS: gl.constexpr = 1):
+    """SLOTS tiles of desc's block in shared memory, and their `ready` and `empty` barriers (a slot is empty once
+    CONSUMERS compute warpgroups have freed it)."""
     bufs = gl.allocate_shared_memory(desc.dtype, [SLOTS] + desc.block_type.shape, desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [SLOTS, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [SLOTS, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(SLOTS):
         mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)
+        mbarrier.init(empty.index(i), count=CONSUMERS)
     return bufs, ready, empty
 
 

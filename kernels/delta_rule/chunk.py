@@ -41,7 +41,7 @@ from kernels.common.config import all_configs, configs, keep_states, length_args
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
 from kernels.common.hopper import serves
 from kernels.common.ops import call, eager_function, empty_for_none
-from kernels.delta_rule import wy_hopper
+from kernels.delta_rule import dh_hopper, wy_hopper
 from kernels.delta_rule.wy import INVERSE_CHOICES, WY_CHOICES, _inverse_kernel, _wy_bwd_kernel
 from kernels.linear_recurrence.chunk import (
     CHUNK_SIZE, DTYPES, MAX_HEAD_DIM, _block, _common, _tile_grid, check_inputs, dqk_pass, head_dims_supported, saved_chunks,
@@ -300,15 +300,7 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, 
         BK=_block(K, 128), BV=_block(V, 128), USE_G=use_g, USE_DH=False, **common,
     )
 
-    dh = q.new_empty(layout.total_chunks, H, K, V)
-    dx = torch.empty_like(dv_local)  # dX = T^T dU~
-    dh0 = q.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if need_dh0 else None
-    BV = state_block_v(K, V, layout.n_seqs * H, multiprocessors(q.device))
-    gc_dh = gc if use_g else q.new_zeros(B, T, H, dtype=torch.float32)  # the reverse pass always runs gated
-    _delta_dh[deeper_pipeline(K, BV)][(triton.cdiv(V, BV), layout.n_seqs * H)](
-        q, k, beta, gc_dh, Tm, do, dv_local, dh, dx, dht, dh0, layout.cu_seqlens, layout.chunk_offsets, T, scale,
-        BK=_block(K, MAX_HEAD_DIM), BV=BV, USE_DHT=dht is not None, STORE_DH0=need_dh0, **common,
-    )
+    dh, dx, dh0 = _reverse_pass(q, k, beta, gc, Tm, do, dv_local, dht, need_dh0, scale, layout, common)
     del dv_local
 
     # dk_acc: the linear recurrence's part of dK, in the input dtype (summed in float32 below)
@@ -317,6 +309,25 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, 
 
     dk, dv, dbeta, dg = _wy_backward(k, v, beta, gc, h, v_new, dx, dk_acc, dg_lr, dg_dtype, layout, common)
     return dq, dk, dv, dbeta, dg, dh0
+
+
+def _reverse_pass(q, k, beta, gc, Tm, do, dv_local, dht, need_dh0, scale, layout, common):
+    """(dh, dX, dh0 or None) by `_delta_dh_kernel`, or the Gluon kernel on Hopper GPUs where it applies: with enough
+    sequences x heads for 64-wide V tiles (it runs one program per sequence and head, two V halves in each)."""
+    B, T, H, K = q.shape
+    V = do.shape[-1]
+    BV = state_block_v(K, V, layout.n_seqs * H, multiprocessors(q.device))
+    if serves(k, do, layout.cu_seqlens) and BV == 64:
+        return dh_hopper.delta_dh(q, k, beta, gc, Tm, do, dv_local, dht, need_dh0, scale)
+    dh = q.new_empty(layout.total_chunks, H, K, V)
+    dx = torch.empty_like(dv_local)  # dX = T^T dU~
+    dh0 = q.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if need_dh0 else None
+    gc_dh = gc if gc is not None else q.new_zeros(B, T, H, dtype=torch.float32)  # the Triton pass always runs gated
+    _delta_dh[deeper_pipeline(K, BV)][(triton.cdiv(V, BV), layout.n_seqs * H)](
+        q, k, beta, gc_dh, Tm, do, dv_local, dh, dx, dht, dh0, layout.cu_seqlens, layout.chunk_offsets, T, scale,
+        BK=_block(K, MAX_HEAD_DIM), BV=BV, USE_DHT=dht is not None, STORE_DH0=need_dh0, **common,
+    )
+    return dh, dx, dh0
 
 
 def _wy_backward(k, v, beta, gc, h, v_new, dx, dk_acc, dg_lr, dg_dtype, layout, common):

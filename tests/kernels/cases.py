@@ -45,7 +45,7 @@ class Case:
     @property
     def name(self) -> str:
         parts = ["delta"] if self.op == "delta_rule" else []
-        parts += [f"T{sum(self.lengths) if self.lengths else self.T}", f"K{self.K}", f"V{self.V}", self.dtype, f"gate-{self.gate}"]
+        parts += [f"T{sum(self.lengths) if self.lengths else self.T}", f"H{self.H}" if self.lengths else f"B{self.B}xH{self.H}", f"K{self.K}", f"V{self.V}", self.dtype, f"gate-{self.gate}"]
         parts += ["h0"] if self.state else []
         parts += [f"varlen{len(self.lengths)}"] if self.lengths else []
         parts += [f"loss-{self.loss}"] if self.loss != "both" else []

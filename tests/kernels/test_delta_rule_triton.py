@@ -39,7 +39,9 @@ LENGTHS = (1, 63, 1, 935, 0, 1345, 64, 1687)  # an empty sequence, single tokens
 FUSED_OUTPUT = Case(T=300, K=128, V=128, B=10, H=8, dtype=BF16, gate="none", op=DELTA, seed=18)
 GPU_CASES = [
     Case(T=1000, K=128, V=128, B=2, H=4, dtype=BF16, gate="none", op=DELTA, seed=1),  # DeltaNet
-    FUSED_OUTPUT,
+    FUSED_OUTPUT,  # also, on Hopper, the Gluon reverse pass (80 sequences x heads: 64-wide V tiles), ungated
+    Case(T=1000, K=128, V=128, B=10, H=8, dtype=BF16, op=DELTA, seed=20),  # the Gluon reverse pass, gated
+    Case(T=65, K=128, V=128, B=10, H=8, dtype="float16", loss="state", op=DELTA, seed=21),  # ... fp16, a partial chunk
     Case(T=100, K=128, V=64, B=4, H=4, dtype=BF16, gate="scalar_strong", op=DELTA, seed=13),  # padded rows, strong gates
     Case(T=4096, K=128, V=128, B=2, H=4, dtype=BF16, gate="none", state=False, op=DELTA, seed=2),
     Case(T=1000, K=128, V=128, B=2, H=4, dtype="float16", op=DELTA, seed=4),
