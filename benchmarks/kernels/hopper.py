@@ -2,8 +2,8 @@
 
     python -m benchmarks.kernels.hopper [--shapes B16_T2048_H16_D128 ...] [--out DIR]
 
-The dQ/dK/dg pass (`dqk_pass`), the delta rule's reverse state pass (`_reverse_pass`; the Gluon kernel called
-directly, also at shapes where the dispatch keeps Triton's) and its WY backward (`_wy_backward`), gated and not, bf16,
+The dQ/dK/dg pass (`dqk_pass`), the delta rule's state passes (`_state_pass` without the output, `_reverse_pass`; the Gluon kernels
+called directly, also at shapes where the dispatch keeps Triton's) and its WY backward (`_wy_backward`), gated and not, bf16,
 K = V = 128: median time (do_bench, CUDA events, warm-up excluded) with SEQMIX_GLUON=1 and =0 (Triton's default
 configs: SEQMIX_TRITON_AUTOTUNE=0), and the relative RMS difference of their outputs. Prints a table and writes
 DIR/hopper_kernels_<device>_<date>.{json,md} (default DIR benchmarks/results).
@@ -46,16 +46,19 @@ def inputs(B: int, T: int, H: int, gated: bool) -> dict:
     return x | {"layout": layout, "common": common}
 
 
-def reverse_pass(x: dict) -> tuple:
-    """The delta rule's reverse state pass: the Gluon kernel itself under SEQMIX_GLUON=1, also at shapes where the
-    dispatch keeps Triton's."""
-    from kernels.delta_rule import dh_hopper
-    from kernels.delta_rule.chunk import _reverse_pass
+def state_pass(x: dict, reverse: bool) -> tuple:
+    """The delta rule's forward (without the output) or reverse state pass: the Gluon kernel itself under
+    SEQMIX_GLUON=1, also at shapes where the dispatch keeps Triton's."""
+    from kernels.delta_rule import state_hopper
+    from kernels.delta_rule.chunk import _reverse_pass, _state_pass
 
+    gluon = os.environ["SEQMIX_GLUON"] == "1"
+    if not reverse:
+        if gluon:
+            return state_hopper.delta_h(x["k"], x["v"], x["beta"], x["gc"], x["Tm"], None, False)
+        return _state_pass(x["k"], x["v"], x["beta"], x["gc"], x["Tm"], None, x["layout"], False, x["common"])
     args = (x["q"], x["k"], x["beta"], x["gc"], x["Tm"], x["do"], x["v"], None, False, 128**-0.5)
-    if os.environ["SEQMIX_GLUON"] == "1":
-        return dh_hopper.delta_dh(*args)
-    return _reverse_pass(*args, x["layout"], x["common"])
+    return state_hopper.delta_dh(*args) if gluon else _reverse_pass(*args, x["layout"], x["common"])
 
 
 def compare(fn) -> tuple[float, float, float]:
@@ -93,7 +96,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             x = inputs(shape.B, shape.T, shape.H, gated)
             passes = {
                 "dQ/dK/dg": lambda: dqk_pass(x["q"], x["k"], x["v"], x["gc"], x["h"], x["do"], x["dh"], 128**-0.5, x["layout"]),
-                "reverse state pass": lambda: reverse_pass(x),
+                "forward state pass": lambda: state_pass(x, reverse=False),
+                "reverse state pass": lambda: state_pass(x, reverse=True),
                 "WY backward": lambda: _wy_backward(x["k"], x["v"], x["beta"], x["gc"], x["h"], x["u"], x["dx"], x["dk_part"],
                                                     x["dg_lr"], torch.float32, x["layout"], x["common"]),
             }

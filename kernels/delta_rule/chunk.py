@@ -41,7 +41,7 @@ from kernels.common.config import all_configs, configs, keep_states, length_args
 from kernels.common.cumsum import LOG2E, chunk_local_cumsum
 from kernels.common.hopper import serves
 from kernels.common.ops import call, eager_function, empty_for_none
-from kernels.delta_rule import dh_hopper, wy_hopper
+from kernels.delta_rule import state_hopper, wy_hopper
 from kernels.delta_rule.wy import INVERSE_CHOICES, WY_CHOICES, _inverse_kernel, _wy_bwd_kernel
 from kernels.linear_recurrence.chunk import (
     CHUNK_SIZE, DTYPES, MAX_HEAD_DIM, _block, _common, _tile_grid, check_inputs, dqk_pass, head_dims_supported, saved_chunks,
@@ -224,6 +224,13 @@ def output_in_state_pass(gated: bool, K: int, V: int, sequence_heads: int, multi
     return not gated and state_block_v(K, V, sequence_heads, multiprocessors) == 64
 
 
+def gluon_state_passes(k: Tensor, v: Tensor, layout: ChunkLayout, BV: int) -> bool:
+    """Whether the state passes (the forward's without the output, and the reverse one) run as the Gluon kernels of
+    state_hopper.py: where those serve the inputs (kernels.common.hopper.serves) and with enough sequences x heads for
+    64-wide V tiles (BV, state_block_v): the Gluon kernels run one program per sequence and head, two V halves in it."""
+    return serves(k, v, layout.cu_seqlens) and BV == 64
+
+
 def _chunk_grid(q: Tensor, layout: ChunkLayout) -> tuple[int, int]:
     B, _, H, _ = q.shape
     return (layout.n_chunks, (B if layout.cu_seqlens is None else 1) * H)
@@ -247,12 +254,14 @@ def _state_pass(k, v, beta, gc, Tm, h0, layout, output_final_state, common, q=No
     _, T, H, K = k.shape
     V = v.shape[-1]
     output = q is not None
+    BV = state_block_v(K, V, layout.n_seqs * H, multiprocessors(k.device))
+    if not output and gluon_state_passes(k, v, layout, BV):
+        return state_hopper.delta_h(k, v, beta, gc, Tm, h0, output_final_state)
     varlen = layout.cu_seqlens is not None  # h has saved_chunks rows, as the fake implementation says when it is saved
     h = None if output else k.new_empty(saved_chunks(k.shape[0], T, layout.n_seqs, varlen), H, K, V)
     v_new = None if output else torch.empty_like(v)
     o = torch.empty_like(v) if output else None
     ht = k.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if output_final_state else None
-    BV = state_block_v(K, V, layout.n_seqs * H, multiprocessors(k.device))
     _delta_h[deeper_pipeline(K, BV, output)][(triton.cdiv(V, BV), layout.n_seqs * H)](
         q, k, v, beta, gc, Tm, h, v_new, o, h0, ht, layout.cu_seqlens, layout.chunk_offsets, T, scale,
         BK=_block(K, MAX_HEAD_DIM), BV=BV, USE_G=gc is not None, USE_H0=h0 is not None, STORE_HT=output_final_state,
@@ -312,13 +321,12 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, 
 
 
 def _reverse_pass(q, k, beta, gc, Tm, do, dv_local, dht, need_dh0, scale, layout, common):
-    """(dh, dX, dh0 or None) by `_delta_dh_kernel`, or the Gluon kernel on Hopper GPUs where it applies: with enough
-    sequences x heads for 64-wide V tiles (it runs one program per sequence and head, two V halves in each)."""
+    """(dh, dX, dh0 or None) by `_delta_dh_kernel`, or the Gluon kernel on Hopper GPUs (gluon_state_passes)."""
     B, T, H, K = q.shape
     V = do.shape[-1]
     BV = state_block_v(K, V, layout.n_seqs * H, multiprocessors(q.device))
-    if serves(k, do, layout.cu_seqlens) and BV == 64:
-        return dh_hopper.delta_dh(q, k, beta, gc, Tm, do, dv_local, dht, need_dh0, scale)
+    if gluon_state_passes(k, do, layout, BV):
+        return state_hopper.delta_dh(q, k, beta, gc, Tm, do, dv_local, dht, need_dh0, scale)
     dh = q.new_empty(layout.total_chunks, H, K, V)
     dx = torch.empty_like(dv_local)  # dX = T^T dU~
     dh0 = q.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if need_dh0 else None

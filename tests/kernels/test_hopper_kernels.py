@@ -87,37 +87,70 @@ def test_gpu_gluon_wy_backward_matches_triton(gated: bool, T: int, dtype: torch.
         assert rel_rms(a.float(), b.float()) < 5e-3, name
 
 
-@gluon_cases
-def test_gpu_gluon_reverse_pass_matches_triton(gated: bool, T: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
-    """dh, dX and (with the final state's gradient dht, for T in {65, 2048}) dh0 of the Gluon kernel against
-    `_delta_dh_kernel`'s on float32 upcasts of the same inputs (exact dots), from a T = (I + A)^-1 of normalised keys:
-    no less accurate than `_delta_dh_kernel` on the 16-bit inputs (whose differences from it reach 6e-3 relative RMS
-    without a gate, where dS sums over every later chunk: each rounds to 16 bits in other places)."""
-    from kernels.delta_rule import dh_hopper
-    from kernels.delta_rule.chunk import _common, _inverse, _reverse_pass
+def state_pass_inputs(T: int, gated: bool, dtype: torch.dtype) -> dict:
+    """Random inputs of the state passes with a T = (I + A)^-1 of normalised
+    keys, and (for T in {65, 2048}) a float32 state entering the pass (h0, or the final state's gradient dht)."""
+    from kernels.delta_rule.chunk import _common, _inverse
 
     B, H = 3, 4
-    x = dqk_inputs(B=B, T=T, H=H, gated=gated, dtype=dtype, seed=T + 3 * gated)  # v stands in for dv_local
+    x = dqk_inputs(B=B, T=T, H=H, gated=gated, dtype=dtype, seed=T + 3 * gated)
     gen = torch.Generator(device="cuda").manual_seed(T)
-    k = torch.nn.functional.normalize(x["k"].float(), dim=-1).to(dtype)
-    beta = (2 * torch.rand(B, T, H, device="cuda", generator=gen)).to(dtype)
-    layout = x["layout"]
-    Tm = _inverse(k, beta, x["gc"], layout, _common(x["q"], x["v"], layout))
-    with_state = T in (65, 2048)
-    dht = torch.randn(B, H, 128, 128, device="cuda", generator=gen) if with_state else None
-    args = (x["q"], k, beta, x["gc"], Tm, x["do"], x["v"], dht, with_state, x["scale"])
-    out = dh_hopper.delta_dh(*args)
+    x["k"] = torch.nn.functional.normalize(x["k"].float(), dim=-1).to(dtype)
+    x["beta"] = (2 * torch.rand(B, T, H, device="cuda", generator=gen)).to(dtype)
+    x["Tm"] = _inverse(x["k"], x["beta"], x["gc"], x["layout"], _common(x["q"], x["v"], x["layout"]))
+    x["state"] = torch.randn(B, H, 128, 128, device="cuda", generator=gen) if T in (65, 2048) else None
+    return x
+
+
+def check_state_pass(gluon_fn, triton_fn, x: dict, names: tuple[str, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    """gluon_fn(x) against triton_fn(x) on float32 upcasts of x (exact dots): no less accurate than triton_fn(x) on
+    the 16-bit inputs. (The two kernels round to 16 bits in other places; without a gate, where the state sums over
+    every chunk, their outputs differ by up to 6e-3 relative RMS from each other, less from the float32 pass.)"""
+    out = gluon_fn(x)
     monkeypatch.setenv("SEQMIX_GLUON", "0")
-    triton_16 = _reverse_pass(*args, layout, _common(x["q"], x["v"], layout))
-    up = [a.float() if isinstance(a, torch.Tensor) else a for a in args]
-    exact = _reverse_pass(*up, layout, _common(up[0], up[6], layout))
-    for name, a, b, ref in zip(("dh", "dx", "dh0"), out, triton_16, exact):
+    triton_16 = triton_fn(x)
+    exact = triton_fn({n: t.float() if isinstance(t, torch.Tensor) else t for n, t in x.items()})
+    for name, a, b, ref in zip(names, out, triton_16, exact):
         if ref is None:
             assert a is None
             continue
         assert torch.isfinite(a).all(), name
         error, triton_error = rel_rms(a.float(), ref), rel_rms(b.float(), ref)
         assert error < 1e-2 and error <= 1.2 * triton_error + 1e-4, (name, error, triton_error)
+
+
+@gluon_cases
+def test_gpu_gluon_forward_state_pass_matches_triton(gated: bool, T: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """h, U~ and (with h0, for T in {65, 2048}) the final states of `state_hopper.delta_h` against `_delta_h_kernel`."""
+    from kernels.delta_rule import state_hopper
+    from kernels.delta_rule.chunk import _common, _state_pass
+
+    def gluon_fn(x: dict) -> tuple:
+        return state_hopper.delta_h(x["k"], x["v"], x["beta"], x["gc"], x["Tm"], x["state"], x["state"] is not None)
+
+    def triton_fn(x: dict) -> tuple:
+        return _state_pass(x["k"], x["v"], x["beta"], x["gc"], x["Tm"], x["state"], x["layout"], x["state"] is not None,
+                           _common(x["q"], x["v"], x["layout"]))
+
+    check_state_pass(gluon_fn, triton_fn, state_pass_inputs(T, gated, dtype), ("h", "u", "ht"), monkeypatch)
+
+
+@gluon_cases
+def test_gpu_gluon_reverse_pass_matches_triton(gated: bool, T: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dh, dX and (with dht, for T in {65, 2048}) dh0 of `state_hopper.delta_dh` against `_delta_dh_kernel`."""
+    from kernels.delta_rule import state_hopper
+    from kernels.delta_rule.chunk import _common, _reverse_pass
+
+    def args(x: dict) -> tuple:  # v stands in for dO, do for dv_local
+        return x["q"], x["k"], x["beta"], x["gc"], x["Tm"], x["v"], x["do"], x["state"], x["state"] is not None, x["scale"]
+
+    def gluon_fn(x: dict) -> tuple:
+        return state_hopper.delta_dh(*args(x))
+
+    def triton_fn(x: dict) -> tuple:
+        return _reverse_pass(*args(x), x["layout"], _common(x["q"], x["v"], x["layout"]))
+
+    check_state_pass(gluon_fn, triton_fn, state_pass_inputs(T, gated, dtype), ("dh", "dx", "dh0"), monkeypatch)
 
 
 @pytest.mark.gpu
