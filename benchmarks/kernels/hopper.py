@@ -2,7 +2,7 @@
 
     python -m benchmarks.kernels.hopper [--shapes B16_T2048_H16_D128 ...] [--out DIR]
 
-The dQ/dK/dg pass (`dqk_pass`), the delta rule's state passes (`_state_pass` without the output, `_reverse_pass`; the Gluon kernels
+The dQ/dK/dg pass (`dqk_pass`), the delta rule's state passes (`_state_pass` without the output, `_reverse_pass` with its chunk-local dV; the Gluon kernels
 called directly, also at shapes where the dispatch keeps Triton's) and its WY backward (`_wy_backward`), gated and not, bf16,
 K = V = 128: median time (do_bench, CUDA events, warm-up excluded) with SEQMIX_GLUON=1 and =0 (Triton's default
 configs: SEQMIX_TRITON_AUTOTUNE=0), and the relative RMS difference of their outputs. Prints a table and writes
@@ -57,7 +57,7 @@ def state_pass(x: dict, reverse: bool) -> tuple:
         if gluon:
             return state_hopper.delta_h(x["k"], x["v"], x["beta"], x["gc"], x["Tm"], None, False)
         return _state_pass(x["k"], x["v"], x["beta"], x["gc"], x["Tm"], None, x["layout"], False, x["common"])
-    args = (x["q"], x["k"], x["beta"], x["gc"], x["Tm"], x["do"], x["v"], None, False, 128**-0.5)
+    args = (x["q"], x["k"], x["beta"], x["gc"], x["Tm"], x["do"], None, False, 128**-0.5)
     return state_hopper.delta_dh(*args) if gluon else _reverse_pass(*args, x["layout"], x["common"])
 
 

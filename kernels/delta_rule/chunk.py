@@ -295,22 +295,12 @@ def _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state, save=Fals
 
 def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, dg_dtype=torch.float32, h=None, v_new=None):
     """Tm, h, v_new: T, the chunks' states and U~ saved by the forward (None: recomputed). dg comes back in dg_dtype."""
-    B, T, H, K = q.shape
-    V = v.shape[-1]
     common = _common(q, v, layout)
-    use_g = gc is not None
     Tm = _inverse(k, beta, gc, layout, common) if Tm is None else Tm
     if h is None:
         h, v_new, _ = _state_pass(k, v, beta, gc, Tm, h0, layout, False, common)
 
-    dv_local = torch.empty_like(v)  # scores part of dU~
-    _bwd_dv_kernel[_tile_grid(triton.cdiv(V, _block(V, 128)), q, layout)](
-        q, k, gc, do, None, dv_local, layout.cu_seqlens, layout.chunk_indices, T, scale,
-        BK=_block(K, 128), BV=_block(V, 128), USE_G=use_g, USE_DH=False, **common,
-    )
-
-    dh, dx, dh0 = _reverse_pass(q, k, beta, gc, Tm, do, dv_local, dht, need_dh0, scale, layout, common)
-    del dv_local
+    dh, dx, dh0 = _reverse_pass(q, k, beta, gc, Tm, do, dht, need_dh0, scale, layout, common)
 
     # dk_acc: the linear recurrence's part of dK, in the input dtype (summed in float32 below)
     dq, dk_acc, dg_lr = dqk_pass(q, k, v_new, gc, h, do, dh, scale, layout)
@@ -320,13 +310,19 @@ def _backward(q, k, v, beta, gc, scale, h0, layout, do, dht, need_dh0, Tm=None, 
     return dq, dk, dv, dbeta, dg, dh0
 
 
-def _reverse_pass(q, k, beta, gc, Tm, do, dv_local, dht, need_dh0, scale, layout, common):
-    """(dh, dX, dh0 or None) by `_delta_dh_kernel`, or the Gluon kernel on Hopper GPUs (gluon_state_passes)."""
+def _reverse_pass(q, k, beta, gc, Tm, do, dht, need_dh0, scale, layout, common):
+    """(dh, dX, dh0 or None): the linear recurrence's chunk-local dV (the scores' part of dU~), then
+    `_delta_dh_kernel`; or the Gluon kernel that does both on Hopper GPUs (gluon_state_passes)."""
     B, T, H, K = q.shape
     V = do.shape[-1]
     BV = state_block_v(K, V, layout.n_seqs * H, multiprocessors(q.device))
     if gluon_state_passes(k, do, layout, BV):
-        return state_hopper.delta_dh(q, k, beta, gc, Tm, do, dv_local, dht, need_dh0, scale)
+        return state_hopper.delta_dh(q, k, beta, gc, Tm, do, dht, need_dh0, scale)
+    dv_local = torch.empty_like(do)
+    _bwd_dv_kernel[_tile_grid(triton.cdiv(V, _block(V, 128)), q, layout)](
+        q, k, gc, do, None, dv_local, layout.cu_seqlens, layout.chunk_indices, T, scale,
+        BK=_block(K, 128), BV=_block(V, 128), USE_G=gc is not None, USE_DH=False, **common,
+    )
     dh = q.new_empty(layout.total_chunks, H, K, V)
     dx = torch.empty_like(dv_local)  # dX = T^T dU~
     dh0 = q.new_empty(layout.n_seqs, H, K, V, dtype=torch.float32) if need_dh0 else None

@@ -36,12 +36,10 @@ T_A = gl.constexpr(gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)) 
 
 
 @gluon.jit
-def _loader(k_desc, q_desc, a_desc, b_desc, t_desc, kq_bufs, kq_ready, kq_empty, t_bufs, t_ready, t_empty,
-            v_bufs, v_ready, v_empty, T, NT, H: gl.constexpr, K: gl.constexpr, V: gl.constexpr, STEPS: gl.constexpr,
-            REVERSE: gl.constexpr):
-    """Per chunk: the K halves (reverse: and the Q halves), T, and each warpgroup's half of a (reverse: and of b)."""
+def _loader(k_desc, q_desc, v_desc, t_desc, kq_bufs, kq_ready, kq_empty, t_bufs, t_ready, t_empty, v_bufs, v_ready,
+            v_empty, T, NT, H: gl.constexpr, K: gl.constexpr, V: gl.constexpr, STEPS: gl.constexpr, REVERSE: gl.constexpr):
+    """Per chunk: the K halves (reverse: and the Q halves), T, and the V (reverse: dO) half of each warpgroup."""
     KQ: gl.constexpr = 4 if REVERSE else 2  # shared tiles per chunk
-    PER: gl.constexpr = 2 if REVERSE else 1  # tiles per chunk and warpgroup
     i_b, i_h = gl.program_id(0) // H, gl.program_id(0) % H
     for n in range(NT):
         i_t = NT - 1 - n if REVERSE else n
@@ -50,11 +48,7 @@ def _loader(k_desc, q_desc, a_desc, b_desc, t_desc, kq_bufs, kq_ready, kq_empty,
         if REVERSE:
             issue_halves(q_desc, row, i_h * K, kq_bufs, kq_ready, kq_empty, KQ * n + 2, KQ * STEPS)
         issue_tile(t_desc, ((i_b * NT + i_t) * H + i_h) * 64, 0, t_bufs, t_ready, t_empty, n, STEPS)
-        for c in gl.static_range(2):
-            j = 2 * PER * n + PER * c
-            issue_tile(a_desc, row, i_h * V + c * 64, v_bufs, v_ready, v_empty, j, 2 * PER * STEPS)
-            if REVERSE:
-                issue_tile(b_desc, row, i_h * V + c * 64, v_bufs, v_ready, v_empty, j + 1, 2 * PER * STEPS)
+        issue_halves(v_desc, row, i_h * V, v_bufs, v_ready, v_empty, 2 * n, 2 * STEPS)
 
 
 @gluon.jit
@@ -153,15 +147,16 @@ def _forward(beta, gc, v_new, h0, ht, h_desc, s_bufs, kq_bufs, kq_ready, kq_empt
 def _reverse(beta, gc, dx, dht, dh0, dh_desc, s_bufs, kq_bufs, kq_ready, kq_empty, t_bufs, t_ready, t_empty,
              v_bufs, v_ready, v_empty, T, NT, scale, H: gl.constexpr, K: gl.constexpr, V: gl.constexpr,
              USE_G: gl.constexpr, USE_DHT: gl.constexpr, STORE_DH0: gl.constexpr, STEPS: gl.constexpr, c: gl.constexpr):
-    """Warpgroup c of the reverse pass, V half c, chunks in reverse: dh[c]; dU~ = dv_local + exp(gamma_C - gamma) ⊙ K dS
-    (over dv_local's tile); dX = Tᵀ dU~; -Y = -(beta exp(gamma) ⊙ dX) (over it); dS <- exp(gamma_C) dS +
-    Qᵀ (scale exp(gamma) ⊙ dO) - Kᵀ Y, the dO tile scaled in place while K dS runs."""
+    """Warpgroup c of the reverse pass, V half c, chunks in reverse: dh[c]; the chunk-local part of dU~ (what
+    `_bwd_dv_kernel` gives the Triton pass), dv_local = (scale K Qᵀ ⊙ Γᵀ, anticausal) dO; dU~ = dv_local +
+    exp(gamma_C - gamma) ⊙ K dS; dX = Tᵀ dU~; -Y = -(beta exp(gamma) ⊙ dX); dS <- exp(gamma_C) dS +
+    Qᵀ (scale exp(gamma) ⊙ dO) - Kᵀ Y, the dO tile scaled in place once dv_local is formed."""
     mma: gl.constexpr = MMA
     o_r = gl.arange(0, 64, layout=MMA_ROWS)
     o_c = gl.arange(0, 64, layout=MMA_COLS)
     i_nh = gl.program_id(0)
     i_b, i_h = i_nh // H, i_nh % H
-    lo_smem, hi_smem = s_bufs.index(2 * c), s_bufs.index(2 * c + 1)
+    lo_smem, hi_smem, u_smem = s_bufs.index(2 * c), s_bufs.index(2 * c + 1), s_bufs.index(4 + c)
     state = i_nh.to(gl.int64) * K * V + o_r[:, None] * V + (c * 64 + o_c[None, :])  # keys 0..63 of this V half
     if USE_DHT:
         s_lo, s_hi = gl.load(dht + state), gl.load(dht + state + 64 * V)
@@ -173,22 +168,29 @@ def _reverse(beta, gc, dx, dht, dh0, dh_desc, s_bufs, kq_bufs, kq_ready, kq_empt
         n_rows = T - i_t * 64
         m_r, b_beta, b_g, g_last = _chunk_rows(beta, gc, row0, n_rows, i_h, o_r, H, USE_G)
 
-        _stage_state(s_lo, s_hi, lo_smem, hi_smem, dh_desc, ((i_b * NT + i_t) * H + i_h) * K, c * 64)
         k0, k1 = take_tile(kq_bufs, kq_ready, 4 * n, 4 * STEPS), take_tile(kq_bufs, kq_ready, 4 * n + 1, 4 * STEPS)
+        q0, q1 = take_tile(kq_bufs, kq_ready, 4 * n + 2, 4 * STEPS), take_tile(kq_bufs, kq_ready, 4 * n + 3, 4 * STEPS)
+        kq = mma2(k0, q0.permute((1, 0)), k1, q1.permute((1, 0)))  # K Qᵀ: off the chain of states, issued first
+        _stage_state(s_lo, s_hi, lo_smem, hi_smem, dh_desc, ((i_b * NT + i_t) * H + i_h) * K, c * 64)
         kds = mma2(k0, lo_smem, k1, hi_smem)  # K dS
-        t_hi, t_lo = _t_parts(t_bufs, t_ready, t_empty, n, k0.dtype, STEPS, True)
-        do_smem = take_tile(v_bufs, v_ready, 4 * n + 2 * c, 4 * STEPS)
+        kq = warpgroup_mma_wait(num_outstanding=2, deps=(kq,))
+
+        anticausal = (o_r[:, None] <= o_c[None, :]) & m_r[:, None] & (o_c < n_rows)[None, :]
+        if USE_G:
+            g_c = gl.convert_layout(b_g, MMA_COLS)
+            kq *= gl.exp2(gl.where(anticausal, g_c[None, :] - b_g[:, None], float("-inf")))
+        a = gl.convert_layout(gl.where(anticausal, kq * scale, 0.0).to(k0.dtype), T_A)
+        do_smem = take_tile(v_bufs, v_ready, 2 * n + c, 2 * STEPS)
+        dv_local = warpgroup_mma(a, do_smem, gl.zeros([64, 64], gl.float32, mma), use_acc=False, is_async=True)
+        kds, dv_local = warpgroup_mma_wait(num_outstanding=0, deps=(kds, dv_local))
+
+        u_smem.store((dv_local + kds * gl.where(m_r, gl.exp2(g_last - b_g), 0.0)[:, None]).to(u_smem.dtype))  # dU~
         q_scale = gl.where(m_r, gl.exp2(b_g) * scale, 0.0)
         do_smem.store((do_smem.load(mma).to(gl.float32) * q_scale[:, None]).to(do_smem.dtype))
-        u_smem = take_tile(v_bufs, v_ready, 4 * n + 2 * c + 1, 4 * STEPS)
-        du = gl.where(m_r[:, None], u_smem.load(mma).to(gl.float32), 0.0)
-        kds = warpgroup_mma_wait(num_outstanding=0, deps=(kds,))
-
-        u_smem.store((du + kds * gl.where(m_r, gl.exp2(g_last - b_g), 0.0)[:, None]).to(u_smem.dtype))  # dU~
         fence_async_shared()
+        t_hi, t_lo = _t_parts(t_bufs, t_ready, t_empty, n, k0.dtype, STEPS, True)  # here: registers for the above
         b_dx = warpgroup_mma(t_hi, u_smem, gl.zeros([64, 64], gl.float32, mma), use_acc=False, is_async=True)
         b_dx = warpgroup_mma(t_lo, u_smem, b_dx, is_async=True)  # dX = Tᵀ dU~
-        q0, q1 = take_tile(kq_bufs, kq_ready, 4 * n + 2, 4 * STEPS), take_tile(kq_bufs, kq_ready, 4 * n + 3, 4 * STEPS)
         decay = gl.exp2(g_last)
         s_lo = warpgroup_mma(q0.permute((1, 0)), do_smem, s_lo * decay, is_async=True)  # while it runs
         s_hi = warpgroup_mma(q1.permute((1, 0)), do_smem, s_hi * decay, is_async=True)
@@ -202,8 +204,7 @@ def _reverse(beta, gc, dx, dht, dh0, dh_desc, s_bufs, kq_bufs, kq_ready, kq_empt
         s_lo, s_hi = warpgroup_mma_wait(num_outstanding=0, deps=(s_lo, s_hi))
         for i in gl.static_range(4):
             free_tile(kq_empty, 4 * n + i, 4 * STEPS)
-        free_tile(v_empty, 4 * n + 2 * c, 4 * STEPS)
-        free_tile(v_empty, 4 * n + 2 * c + 1, 4 * STEPS)
+        free_tile(v_empty, 2 * n + c, 2 * STEPS)
     if STORE_DH0:
         gl.store(dh0 + state, s_lo)
         gl.store(dh0 + state + 64 * V, s_hi)
@@ -211,17 +212,17 @@ def _reverse(beta, gc, dx, dht, dh0, dh_desc, s_bufs, kq_bufs, kq_ready, kq_empt
 
 
 @gluon.jit
-def _state_pass(beta, gc, tokens_out, state_in, state_out, k_desc, q_desc, a_desc, b_desc, t_desc, s_desc, T, NT, scale,
+def _state_pass(beta, gc, tokens_out, state_in, state_out, k_desc, q_desc, v_desc, t_desc, s_desc, T, NT, scale,
                 H: gl.constexpr, K: gl.constexpr, V: gl.constexpr, USE_G: gl.constexpr, STATE_IN: gl.constexpr,
                 STATE_OUT: gl.constexpr, STEPS: gl.constexpr, REVERSE: gl.constexpr):
-    """The forward pass (a = V; tokens_out = U~, s_desc over h, the states h0 and ht) or the reverse one (q, a = dO,
-    b = dv_local; tokens_out = dX, s_desc over dh, the states dht and dh0)."""
+    """The forward pass (v_desc over V; tokens_out = U~, s_desc over h, the states h0 and ht) or the reverse one (q_desc,
+    v_desc over dO; tokens_out = dX, s_desc over dh, the states dht and dh0)."""
     KQ: gl.constexpr = 4 if REVERSE else 2
-    PER: gl.constexpr = 2 if REVERSE else 1
     kq_bufs, kq_ready, kq_empty = new_ring(k_desc, KQ * STEPS, 2)
     t_bufs, t_ready, t_empty = new_ring(t_desc, STEPS, 2)
-    v_bufs, v_ready, v_empty = new_ring(a_desc, 2 * PER * STEPS)
-    s_bufs = gl.allocate_shared_memory(k_desc.dtype, [4, 64, 64], k_desc.layout)
+    v_bufs, v_ready, v_empty = new_ring(v_desc, 2 * STEPS)
+    # each warpgroup's state tiles (and, reverse, a tile for dU~ and -Y)
+    s_bufs = gl.allocate_shared_memory(k_desc.dtype, [6 if REVERSE else 4, 64, 64], k_desc.layout)
     if REVERSE:
         gl.warp_specialize([
             (_reverse, (beta, gc, tokens_out, state_in, state_out, s_desc, s_bufs, kq_bufs, kq_ready, kq_empty, t_bufs,
@@ -230,8 +231,8 @@ def _state_pass(beta, gc, tokens_out, state_in, state_out, k_desc, q_desc, a_des
             (_reverse, (beta, gc, tokens_out, state_in, state_out, s_desc, s_bufs, kq_bufs, kq_ready, kq_empty, t_bufs,
                         t_ready, t_empty, v_bufs, v_ready, v_empty, T, NT, scale, H, K, V, USE_G, STATE_IN, STATE_OUT,
                         STEPS, 1)),
-            (_loader, (k_desc, q_desc, a_desc, b_desc, t_desc, kq_bufs, kq_ready, kq_empty, t_bufs, t_ready, t_empty,
-                       v_bufs, v_ready, v_empty, T, NT, H, K, V, STEPS, REVERSE)),
+            (_loader, (k_desc, q_desc, v_desc, t_desc, kq_bufs, kq_ready, kq_empty, t_bufs, t_ready, t_empty, v_bufs,
+                       v_ready, v_empty, T, NT, H, K, V, STEPS, REVERSE)),
         ], [4, 1], [CONSUMER_REGS, 24])
     else:
         gl.warp_specialize([
@@ -239,8 +240,8 @@ def _state_pass(beta, gc, tokens_out, state_in, state_out, k_desc, q_desc, a_des
                         t_ready, t_empty, v_bufs, v_ready, v_empty, T, NT, H, K, V, USE_G, STATE_IN, STATE_OUT, STEPS, 0)),
             (_forward, (beta, gc, tokens_out, state_in, state_out, s_desc, s_bufs, kq_bufs, kq_ready, kq_empty, t_bufs,
                         t_ready, t_empty, v_bufs, v_ready, v_empty, T, NT, H, K, V, USE_G, STATE_IN, STATE_OUT, STEPS, 1)),
-            (_loader, (k_desc, q_desc, a_desc, b_desc, t_desc, kq_bufs, kq_ready, kq_empty, t_bufs, t_ready, t_empty,
-                       v_bufs, v_ready, v_empty, T, NT, H, K, V, STEPS, REVERSE)),
+            (_loader, (k_desc, q_desc, v_desc, t_desc, kq_bufs, kq_ready, kq_empty, t_bufs, t_ready, t_empty, v_bufs,
+                       v_ready, v_empty, T, NT, H, K, V, STEPS, REVERSE)),
         ], [4, 1], [CONSUMER_REGS, 24])
 
 
@@ -248,16 +249,16 @@ def _state_pass(beta, gc, tokens_out, state_in, state_out, k_desc, q_desc, a_des
 def _delta_h_hopper_kernel(beta, gc, v_new, h0, ht, k_desc, v_desc, t_desc, h_desc, T, NT, H: gl.constexpr,
                            K: gl.constexpr, V: gl.constexpr, USE_G: gl.constexpr, USE_H0: gl.constexpr,
                            STORE_HT: gl.constexpr, STEPS: gl.constexpr):
-    _state_pass(beta, gc, v_new, h0, ht, k_desc, k_desc, v_desc, v_desc, t_desc, h_desc, T, NT, 1.0, H, K, V, USE_G,
-                USE_H0, STORE_HT, STEPS, False)
+    _state_pass(beta, gc, v_new, h0, ht, k_desc, k_desc, v_desc, t_desc, h_desc, T, NT, 1.0, H, K, V, USE_G, USE_H0,
+                STORE_HT, STEPS, False)
 
 
 @gluon.jit(do_not_specialize=length_args("T", "NT"))
-def _delta_dh_hopper_kernel(beta, gc, dx, dht, dh0, k_desc, q_desc, do_desc, du_desc, t_desc, dh_desc, T, NT, scale,
+def _delta_dh_hopper_kernel(beta, gc, dx, dht, dh0, k_desc, q_desc, do_desc, t_desc, dh_desc, T, NT, scale,
                             H: gl.constexpr, K: gl.constexpr, V: gl.constexpr, USE_G: gl.constexpr,
                             USE_DHT: gl.constexpr, STORE_DH0: gl.constexpr, STEPS: gl.constexpr):
-    _state_pass(beta, gc, dx, dht, dh0, k_desc, q_desc, do_desc, du_desc, t_desc, dh_desc, T, NT, scale, H, K, V, USE_G,
-                USE_DHT, STORE_DH0, STEPS, True)
+    _state_pass(beta, gc, dx, dht, dh0, k_desc, q_desc, do_desc, t_desc, dh_desc, T, NT, scale, H, K, V, USE_G, USE_DHT,
+                STORE_DH0, STEPS, True)
 
 
 def delta_h(k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, gc: torch.Tensor | None, Tm: torch.Tensor,
@@ -280,19 +281,20 @@ def delta_h(k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, gc: torch.Tens
 
 
 def delta_dh(q: torch.Tensor, k: torch.Tensor, beta: torch.Tensor, gc: torch.Tensor | None, Tm: torch.Tensor,
-             do: torch.Tensor, dv_local: torch.Tensor, dht: torch.Tensor | None, need_dh0: bool, scale: float
+             do: torch.Tensor, dht: torch.Tensor | None, need_dh0: bool, scale: float
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The reverse pass: dh [B * NT, H, 128, 128] and dX (input dtype), and dh0 [B, H, 128, 128] (float32, None unless
-    need_dh0) from q, k, dO, dv_local [B, T, H, 128], beta, gc [B, T, H], T and dht [B, H, 128, 128] (float32) or None."""
+    """The reverse pass, with the chunk-local part of dU~ (the Triton backward's `_bwd_dv_kernel`): dh [B * NT, H, 128,
+    128] and dX (input dtype), and dh0 [B, H, 128, 128] (float32, None unless need_dh0) from q, k, dO [B, T, H, 128],
+    beta, gc [B, T, H], T and dht [B, H, 128, 128] (float32) or None."""
     B, T, H, K = q.shape
     V = do.shape[-1]
     NT = triton.cdiv(T, BT)
     dh = q.new_empty(B * NT, H, K, V)
-    dx = torch.empty_like(dv_local)
+    dx = torch.empty_like(do)
     dh0 = q.new_empty(B, H, K, V, dtype=torch.float32) if need_dh0 else None
     _delta_dh_hopper_kernel[(B * H,)](
         beta, gc, dx, dht, dh0, tile_descriptor(k, H * K), tile_descriptor(q, H * K), tile_descriptor(do, H * V),
-        tile_descriptor(dv_local, H * V), tile_descriptor(Tm, BT), tile_descriptor(dh, V), T, NT, scale,
-        H=H, K=K, V=V, USE_G=gc is not None, USE_DHT=dht is not None, STORE_DH0=need_dh0, STEPS=STEPS, **launch_options(2),
+        tile_descriptor(Tm, BT), tile_descriptor(dh, V), T, NT, scale, H=H, K=K, V=V, USE_G=gc is not None,
+        USE_DHT=dht is not None, STORE_DH0=need_dh0, STEPS=STEPS, **launch_options(2),
     )
     return dh, dx, dh0

@@ -137,12 +137,13 @@ def test_gpu_gluon_forward_state_pass_matches_triton(gated: bool, T: int, dtype:
 
 @gluon_cases
 def test_gpu_gluon_reverse_pass_matches_triton(gated: bool, T: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
-    """dh, dX and (with dht, for T in {65, 2048}) dh0 of `state_hopper.delta_dh` against `_delta_dh_kernel`."""
+    """dh, dX and (with dht, for T in {65, 2048}) dh0 of `state_hopper.delta_dh` against `_bwd_dv_kernel` (the chunk-local
+    part of dU~, which the Gluon kernel forms itself) and `_delta_dh_kernel`."""
     from kernels.delta_rule import state_hopper
     from kernels.delta_rule.chunk import _common, _reverse_pass
 
-    def args(x: dict) -> tuple:  # v stands in for dO, do for dv_local
-        return x["q"], x["k"], x["beta"], x["gc"], x["Tm"], x["v"], x["do"], x["state"], x["state"] is not None, x["scale"]
+    def args(x: dict) -> tuple:
+        return x["q"], x["k"], x["beta"], x["gc"], x["Tm"], x["do"], x["state"], x["state"] is not None, x["scale"]
 
     def gluon_fn(x: dict) -> tuple:
         return state_hopper.delta_dh(*args(x))
