@@ -2,8 +2,10 @@
 
     python -m benchmarks.kernels.hopper [--shapes B16_T2048_H16_D128 ...] [--out DIR]
 
-The dQ/dK/dg pass (`dqk_pass`), the delta rule's state passes (`_state_pass` without the output, `_reverse_pass` with its chunk-local dV; the Gluon kernels
-called directly, also at shapes where the dispatch keeps Triton's) and its WY backward (`_wy_backward`), gated and not, bf16,
+The delta rule's forward (`_forward` as dispatched, its output compared: T, then the Gluon state pass with the
+output in it where the dispatch takes it), the dQ/dK/dg pass (`dqk_pass`), the delta rule's state passes
+(`_state_pass` without the output, `_reverse_pass` with its chunk-local dV; the Gluon kernels called directly, also
+at shapes where the dispatch keeps Triton's) and its WY backward (`_wy_backward`), gated and not, bf16,
 K = V = 128: median time (do_bench, CUDA events, warm-up excluded) with SEQMIX_GLUON=1 and =0 (Triton's default
 configs: SEQMIX_TRITON_AUTOTUNE=0), and the relative RMS difference of their outputs. Prints a table and writes
 DIR/hopper_kernels_<device>_<date>.{json,md} (default DIR benchmarks/results).
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9):
         raise SystemExit("benchmarks.kernels.hopper needs a Hopper GPU (H100, H200): the Gluon kernels run only there")
     os.environ["SEQMIX_TRITON_AUTOTUNE"] = "0"
-    from kernels.delta_rule.chunk import _wy_backward
+    from kernels.delta_rule.chunk import _forward, _wy_backward
     from kernels.linear_recurrence.chunk import dqk_pass
 
     rows = []
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             x = inputs(shape.B, shape.T, shape.H, gated)
             passes = {
                 "dQ/dK/dg": lambda: dqk_pass(x["q"], x["k"], x["v"], x["gc"], x["h"], x["do"], x["dh"], 128**-0.5, x["layout"]),
+                "forward": lambda: _forward(x["q"], x["k"], x["v"], x["beta"], x["gc"], 128**-0.5, None, x["layout"], False,
+                                            save=True, save_states=True)[:1],  # o
                 "forward state pass": lambda: state_pass(x, reverse=False),
                 "reverse state pass": lambda: state_pass(x, reverse=True),
                 "WY backward": lambda: _wy_backward(x["k"], x["v"], x["beta"], x["gc"], x["h"], x["u"], x["dx"], x["dk_part"],

@@ -224,11 +224,13 @@ def output_in_state_pass(gated: bool, K: int, V: int, sequence_heads: int, multi
     return not gated and state_block_v(K, V, sequence_heads, multiprocessors) == 64
 
 
-def gluon_state_passes(k: Tensor, v: Tensor, layout: ChunkLayout, BV: int) -> bool:
-    """Whether the state passes (the forward's without the output, and the reverse one) run as the Gluon kernels of
-    state_hopper.py: where those serve the inputs (kernels.common.hopper.serves) and with enough sequences x heads for
-    64-wide V tiles (BV, state_block_v): the Gluon kernels run one program per sequence and head, two V halves in it."""
-    return serves(k, v, layout.cu_seqlens) and BV == 64
+def gluon_state_passes(k: Tensor, v: Tensor, cu_seqlens: Tensor | None, sequence_heads: int) -> bool:
+    """Whether the state passes run as the Gluon kernels of state_hopper.py (the forward's with the output in it, and
+    the reverse one with the chunk-local dV): where those serve the inputs (kernels.common.hopper.serves) and with
+    enough sequences x heads for 64-wide V tiles in the Triton passes (state_block_v): the Gluon kernels run one
+    program per sequence and head, two V halves in it."""
+    K, V = k.shape[-1], v.shape[-1]
+    return serves(k, v, cu_seqlens) and state_block_v(K, V, sequence_heads, multiprocessors(k.device)) == 64
 
 
 def _chunk_grid(q: Tensor, layout: ChunkLayout) -> tuple[int, int]:
@@ -255,8 +257,8 @@ def _state_pass(k, v, beta, gc, Tm, h0, layout, output_final_state, common, q=No
     V = v.shape[-1]
     output = q is not None
     BV = state_block_v(K, V, layout.n_seqs * H, multiprocessors(k.device))
-    if not output and gluon_state_passes(k, v, layout, BV):
-        return state_hopper.delta_h(k, v, beta, gc, Tm, h0, output_final_state)
+    if not output and gluon_state_passes(k, v, layout.cu_seqlens, layout.n_seqs * H):
+        return state_hopper.delta_h(k, v, beta, gc, Tm, h0, output_final_state)[:3]
     varlen = layout.cu_seqlens is not None  # h has saved_chunks rows, as the fake implementation says when it is saved
     h = None if output else k.new_empty(saved_chunks(k.shape[0], T, layout.n_seqs, varlen), H, K, V)
     v_new = None if output else torch.empty_like(v)
@@ -276,6 +278,10 @@ def _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state, save=Fals
     the state pass); else None for all three."""
     common = _common(q, v, layout)
     Tm = _inverse(k, beta, gc, layout, common)
+    keep = save and save_states
+    if gluon_state_passes(k, v, layout.cu_seqlens, layout.n_seqs * q.shape[2]):  # the output in the state pass
+        h, v_new, ht, o = state_hopper.delta_h(k, v, beta, gc, Tm, h0, output_final_state, q, scale, store_states=keep)
+        return o, ht, Tm if save else None, h, v_new
     if output_in_state_pass(gc is not None, q.shape[-1], v.shape[-1], layout.n_seqs * q.shape[2], multiprocessors(q.device)):
         o, ht = _state_pass(k, v, beta, gc, Tm, h0, layout, output_final_state, common, q=q, scale=scale)
         return o, ht, Tm if save else None, None, None
@@ -289,7 +295,6 @@ def _forward(q, k, v, beta, gc, scale, h0, layout, output_final_state, save=Fals
         q, k, v_new, gc, h, o, layout.cu_seqlens, layout.chunk_indices, q.shape[1], scale,
         BK=BK, BV=BV, USE_G=gc is not None, **common,
     )
-    keep = save and save_states
     return o, ht, Tm, h if keep else None, v_new if keep else None
 
 
@@ -316,7 +321,7 @@ def _reverse_pass(q, k, beta, gc, Tm, do, dht, need_dh0, scale, layout, common):
     B, T, H, K = q.shape
     V = do.shape[-1]
     BV = state_block_v(K, V, layout.n_seqs * H, multiprocessors(q.device))
-    if gluon_state_passes(k, do, layout, BV):
+    if gluon_state_passes(k, do, layout.cu_seqlens, layout.n_seqs * H):
         return state_hopper.delta_dh(q, k, beta, gc, Tm, do, dht, need_dh0, scale)
     dv_local = torch.empty_like(do)
     _bwd_dv_kernel[_tile_grid(triton.cdiv(V, _block(V, 128)), q, layout)](
@@ -379,10 +384,12 @@ def _delta_rule_forward(
 _delta_rule_op = torch.library.custom_op("seqmix::chunk_delta_rule", mutates_args=())(_delta_rule_forward)
 
 
-def saves_states(gated: bool, K: int, V: int, sequence_heads: int, device: torch.device) -> bool:
+def saves_states(k: Tensor, v: Tensor, gated: bool, cu_seqlens: Tensor | None, sequence_heads: int) -> bool:
     """Whether a forward that saves for the backward also saves h and U~: where it forms them, i.e. unless the output
-    is computed in the state pass."""
-    return not output_in_state_pass(gated, K, V, sequence_heads, multiprocessors(device))
+    is computed in the Triton state pass (the Gluon one stores them when asked)."""
+    K, V = k.shape[-1], v.shape[-1]
+    return (gluon_state_passes(k, v, cu_seqlens, sequence_heads)
+            or not output_in_state_pass(gated, K, V, sequence_heads, multiprocessors(k.device)))
 
 
 @_delta_rule_op.register_fake
@@ -396,7 +403,7 @@ def _(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, sa
     if not save_for_backward:
         return torch.empty_like(v), ht, empty.clone(), empty.clone(), empty.clone()
     Tm = q.new_empty((chunks, H, CHUNK_SIZE, CHUNK_SIZE), dtype=torch.float32)
-    if not (save_states and saves_states(g is not None, K, V, n * H, q.device)):
+    if not (save_states and saves_states(k, v, g is not None, cu_seqlens, n * H)):
         return torch.empty_like(v), ht, Tm, empty.clone(), empty.clone()
     return torch.empty_like(v), ht, Tm, q.new_empty((chunks, H, K, V)), torch.empty_like(v)
 

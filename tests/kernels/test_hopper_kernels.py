@@ -121,18 +121,25 @@ def check_state_pass(gluon_fn, triton_fn, x: dict, names: tuple[str, ...], monke
 
 @gluon_cases
 def test_gpu_gluon_forward_state_pass_matches_triton(gated: bool, T: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
-    """h, U~ and (with h0, for T in {65, 2048}) the final states of `state_hopper.delta_h` against `_delta_h_kernel`."""
+    """The output, h, U~ and (with h0, for T in {65, 2048}) the final states of `state_hopper.delta_h` against the
+    Triton forward (`_delta_h_kernel`, then `_fwd_o_kernel`); and without the output, h, U~ and the final states alone."""
     from kernels.delta_rule import state_hopper
-    from kernels.delta_rule.chunk import _common, _state_pass
+    from kernels.delta_rule.chunk import _forward
+
+    def args(x: dict) -> tuple:
+        return x["k"], x["v"], x["beta"], x["gc"], x["Tm"], x["state"], x["state"] is not None
 
     def gluon_fn(x: dict) -> tuple:
-        return state_hopper.delta_h(x["k"], x["v"], x["beta"], x["gc"], x["Tm"], x["state"], x["state"] is not None)
+        h, u, ht, o = state_hopper.delta_h(*args(x), x["q"], x["scale"])
+        assert all(torch.equal(a, b) for a, b in zip((h, u), state_hopper.delta_h(*args(x))[:2]))  # same without o
+        return o, h, u, ht
 
     def triton_fn(x: dict) -> tuple:
-        return _state_pass(x["k"], x["v"], x["beta"], x["gc"], x["Tm"], x["state"], x["layout"], x["state"] is not None,
-                           _common(x["q"], x["v"], x["layout"]))
+        o, ht, _, h, u = _forward(x["q"], x["k"], x["v"], x["beta"], x["gc"], x["scale"], x["state"], x["layout"],
+                                  x["state"] is not None, save=True, save_states=True)
+        return o, h, u, ht
 
-    check_state_pass(gluon_fn, triton_fn, state_pass_inputs(T, gated, dtype), ("h", "u", "ht"), monkeypatch)
+    check_state_pass(gluon_fn, triton_fn, state_pass_inputs(T, gated, dtype), ("o", "h", "u", "ht"), monkeypatch)
 
 
 @gluon_cases
