@@ -1,4 +1,4 @@
-"""What the Gluon kernels for Hopper share: a ring of 64 x 64 16-bit tiles in shared memory that a one-warp loader
+"""What the Gluon kernels for Hopper share: a ring of 64 x 64 tiles (16-bit, or float32 for T) in shared memory that a one-warp loader
 fills by TMA and the compute warps drain, slot by slot (`issue_tile`, `take_tile`, `free_tile`: tile j of a program's stream
 lives in slot j % SLOTS, each slot with a `ready` barrier the TMA completes and an `empty` barrier the compute warps
 arrive at), the persistent programs' work items, and the host-side descriptors and checks.
