@@ -95,6 +95,35 @@ def _t_parts(t_bufs, t_ready, t_empty, n, dtype: gl.constexpr, STEPS: gl.constex
 
 
 @gluon.jit
+def _initial_state(state_in, c, K: gl.constexpr, V: gl.constexpr, STATE_IN: gl.constexpr):
+    """Warpgroup c's offsets into a float32 [.., K, V] state of this program's (sequence, head) (keys 0..63 of its V
+    half), and its initial state: read from state_in, or zeros."""
+    o_r = gl.arange(0, 64, layout=MMA_ROWS)
+    o_c = gl.arange(0, 64, layout=MMA_COLS)
+    state = gl.program_id(0).to(gl.int64) * K * V + o_r[:, None] * V + (c * 64 + o_c[None, :])
+    if STATE_IN:
+        return state, gl.load(state_in + state), gl.load(state_in + state + 64 * V)
+    return state, gl.zeros([64, 64], gl.float32, MMA), gl.zeros([64, 64], gl.float32, MMA)
+
+
+@gluon.jit
+def _end_chunk(kq_empty, v_empty, n, c, KQ: gl.constexpr, STEPS: gl.constexpr):
+    """Free chunk n's tiles: the shared ones and warpgroup c's."""
+    for i in gl.static_range(KQ):
+        free_tile(kq_empty, KQ * n + i, KQ * STEPS)
+    free_tile(v_empty, 2 * n + c, 2 * STEPS)
+
+
+@gluon.jit
+def _end_pass(state_out, state, s_lo, s_hi, V: gl.constexpr, STATE_OUT: gl.constexpr):
+    """Store the final state (float32) where asked, and wait for the last TMA stores."""
+    if STATE_OUT:
+        gl.store(state_out + state, s_lo)
+        gl.store(state_out + state + 64 * V, s_hi)
+    tma.store_wait(0)
+
+
+@gluon.jit
 def _forward(beta, gc, v_new, o, h0, ht, h_desc, s_bufs, kq_bufs, kq_ready, kq_empty, t_bufs, t_ready, t_empty,
              v_bufs, v_ready, v_empty, T, NT, scale, H: gl.constexpr, K: gl.constexpr, V: gl.constexpr,
              USE_G: gl.constexpr, USE_H0: gl.constexpr, STORE_HT: gl.constexpr, OUTPUT: gl.constexpr,
@@ -106,15 +135,10 @@ def _forward(beta, gc, v_new, o, h0, ht, h_desc, s_bufs, kq_bufs, kq_ready, kq_e
     mma: gl.constexpr = MMA
     o_r = gl.arange(0, 64, layout=MMA_ROWS)
     o_c = gl.arange(0, 64, layout=MMA_COLS)
-    i_nh = gl.program_id(0)
-    i_b, i_h = i_nh // H, i_nh % H
+    i_b, i_h = gl.program_id(0) // H, gl.program_id(0) % H
     lo_smem, hi_smem, u_smem = s_bufs.index(2 * c), s_bufs.index(2 * c + 1), s_bufs.index(4 + c)
     a_smem = s_bufs.index(6 + c) if OUTPUT else u_smem
-    state = i_nh.to(gl.int64) * K * V + o_r[:, None] * V + (c * 64 + o_c[None, :])  # keys 0..63 of this V half
-    if USE_H0:
-        s_lo, s_hi = gl.load(h0 + state), gl.load(h0 + state + 64 * V)
-    else:
-        s_lo, s_hi = gl.zeros([64, 64], gl.float32, mma), gl.zeros([64, 64], gl.float32, mma)
+    state, s_lo, s_hi = _initial_state(h0, c, K, V, USE_H0)
     for n in range(NT):
         row0 = (i_b * T + n * 64).to(gl.int64)  # the chunk's first token; element offsets pass 2^31 in large batches
         n_rows = T - n * 64
@@ -159,13 +183,8 @@ def _forward(beta, gc, v_new, o, h0, ht, h_desc, s_bufs, kq_bufs, kq_ready, kq_e
             qh, b_o = warpgroup_mma_wait(num_outstanding=0, deps=(qh, b_o))
             store_tile(o, row0, n_rows, H * V, i_h * V + c * 64, qh * (gl.exp2(b_g) * scale)[:, None] + b_o)
         s_lo, s_hi = warpgroup_mma_wait(num_outstanding=0, deps=(s_lo, s_hi))
-        for i in gl.static_range(KQ):
-            free_tile(kq_empty, KQ * n + i, KQ * STEPS)
-        free_tile(v_empty, 2 * n + c, 2 * STEPS)
-    if STORE_HT:
-        gl.store(ht + state, s_lo)
-        gl.store(ht + state + 64 * V, s_hi)
-    tma.store_wait(0)
+        _end_chunk(kq_empty, v_empty, n, c, KQ, STEPS)
+    _end_pass(ht, state, s_lo, s_hi, V, STORE_HT)
 
 
 @gluon.jit
@@ -179,14 +198,9 @@ def _reverse(beta, gc, dx, dht, dh0, dh_desc, s_bufs, kq_bufs, kq_ready, kq_empt
     mma: gl.constexpr = MMA
     o_r = gl.arange(0, 64, layout=MMA_ROWS)
     o_c = gl.arange(0, 64, layout=MMA_COLS)
-    i_nh = gl.program_id(0)
-    i_b, i_h = i_nh // H, i_nh % H
+    i_b, i_h = gl.program_id(0) // H, gl.program_id(0) % H
     lo_smem, hi_smem, u_smem = s_bufs.index(2 * c), s_bufs.index(2 * c + 1), s_bufs.index(4 + c)
-    state = i_nh.to(gl.int64) * K * V + o_r[:, None] * V + (c * 64 + o_c[None, :])  # keys 0..63 of this V half
-    if USE_DHT:
-        s_lo, s_hi = gl.load(dht + state), gl.load(dht + state + 64 * V)
-    else:
-        s_lo, s_hi = gl.zeros([64, 64], gl.float32, mma), gl.zeros([64, 64], gl.float32, mma)
+    state, s_lo, s_hi = _initial_state(dht, c, K, V, USE_DHT)
     for n in range(NT):
         i_t = NT - 1 - n
         row0 = (i_b * T + i_t * 64).to(gl.int64)
@@ -227,13 +241,8 @@ def _reverse(beta, gc, dx, dht, dh0, dh_desc, s_bufs, kq_bufs, kq_ready, kq_empt
         s_hi = warpgroup_mma(k1.permute((1, 0)), u_smem, s_hi, is_async=True)
         store_tile(dx, row0, n_rows, H * V, i_h * V + c * 64, b_dx)
         s_lo, s_hi = warpgroup_mma_wait(num_outstanding=0, deps=(s_lo, s_hi))
-        for i in gl.static_range(4):
-            free_tile(kq_empty, 4 * n + i, 4 * STEPS)
-        free_tile(v_empty, 2 * n + c, 2 * STEPS)
-    if STORE_DH0:
-        gl.store(dh0 + state, s_lo)
-        gl.store(dh0 + state + 64 * V, s_hi)
-    tma.store_wait(0)
+        _end_chunk(kq_empty, v_empty, n, c, 4, STEPS)
+    _end_pass(dh0, state, s_lo, s_hi, V, STORE_DH0)
 
 
 @gluon.jit
