@@ -73,6 +73,22 @@ def new_ring(desc, SLOTS: gl.constexpr, CONSUMERS: gl.constexpr = 1):
     return bufs, ready, empty
 
 
+BT = 64  # chunk = tile size
+SLOTS = 24  # the persistent kernels' ring of 64 x 64 16-bit tiles in shared memory: 192 KB
+
+
+@gluon.jit
+def program_items(n_items):
+    """How many of the n_items work items this persistent program takes (items pid, pid + programs, ...)."""
+    return gl.cdiv(n_items - gl.program_id(0), gl.num_programs(0))
+
+
+@gluon.jit
+def program_item(it):
+    """This persistent program's it-th work item."""
+    return gl.program_id(0) + it * gl.num_programs(0)
+
+
 @gluon.jit
 def item_coords(item, T, NT, H: gl.constexpr):
     """(first token of the item's sequence, chunk in it, head, global chunk number) of item = global chunk * H + head."""

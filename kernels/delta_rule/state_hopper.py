@@ -26,11 +26,10 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 
 from kernels.common.config import length_args
 from kernels.common.hopper import (
-    CONSUMER_REGS, MMA, MMA_COLS, MMA_ROWS, free_tile, issue_halves, issue_tile, launch_options, mma2, new_ring,
+    BT, CONSUMER_REGS, MMA, MMA_COLS, MMA_ROWS, free_tile, issue_halves, issue_tile, launch_options, mma2, new_ring,
     store_tile, take_tile, tile_descriptor,
 )
 
-BT = 64  # chunk = tile size
 STEPS = 2  # chunks of tiles the rings hold
 T_A = gl.constexpr(gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2))  # T or Tᵀ as a left operand, in registers
 

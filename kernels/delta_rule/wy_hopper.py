@@ -18,20 +18,16 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 
 from kernels.common.config import length_args
 from kernels.common.hopper import (
-    MMA, MMA_COLS, MMA_ROWS, CONSUMER_REGS, free_tile, issue_halves, issue_pairs, issue_state, item_coords, item_rows,
-    launch_options, mma2, new_ring, store_tile, take_tile, tile_descriptor,
+    BT, CONSUMER_REGS, MMA, MMA_COLS, MMA_ROWS, SLOTS, free_tile, issue_halves, issue_pairs, issue_state, item_coords,
+    item_rows, launch_options, mma2, new_ring, program_item, program_items, store_tile, take_tile, tile_descriptor,
 )
-
-BT = 64  # chunk = tile size
-SLOTS = 24  # ring of 64 x 64 16-bit tiles in shared memory: 192 KB
 
 
 @gluon.jit
 def _loader(k_desc, v_desc, u_desc, dx_desc, h_desc, a_desc, bufs, ready, empty, T, NT, n_items,
             H: gl.constexpr, K: gl.constexpr, V: gl.constexpr, SLOTS: gl.constexpr):
-    pid, step = gl.program_id(0), gl.num_programs(0)
-    for it in range(gl.cdiv(n_items - pid, step)):
-        row, hrow, i_h = item_rows(pid + it * step, T, NT, H, K)
+    for it in range(program_items(n_items)):
+        row, hrow, i_h = item_rows(program_item(it), T, NT, H, K)
         j = it * 14
         issue_pairs(dx_desc, u_desc, row, i_h * V, bufs, ready, empty, j, SLOTS)  # 0..3: dX, U~ halves
         issue_halves(k_desc, row, i_h * K, bufs, ready, empty, j + 4, SLOTS)  # 4, 5: K
@@ -51,9 +47,8 @@ def _compute(beta, gc, dk, dv, dbeta, dg_lr, dg, b_bufs, bufs, ready, empty, T, 
     cols_l: gl.constexpr = MMA_COLS
     o_r = gl.arange(0, 64, layout=rows_l)
     o_c = gl.arange(0, 64, layout=cols_l)
-    pid, step = gl.program_id(0), gl.num_programs(0)
-    for it in range(c, gl.cdiv(n_items - pid, step), NC):
-        bos, i_t, i_h, i_c = item_coords(pid + it * step, T, NT, H)
+    for it in range(c, program_items(n_items), NC):
+        bos, i_t, i_h, i_c = item_coords(program_item(it), T, NT, H)
         bos = bos.to(gl.int64)  # element offsets below pass 2^31 in large batches
         j = it * 14
         t_r = i_t * 64 + o_r

@@ -20,20 +20,16 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 
 from kernels.common.config import length_args
 from kernels.common.hopper import (
-    MMA, MMA_COLS, MMA_ROWS, free_tile, issue_halves, issue_pairs, issue_state, item_coords, item_rows, launch_options,
-    mma2, new_ring, store_tile, take_tile, tile_descriptor,
+    BT, MMA, MMA_COLS, MMA_ROWS, SLOTS, free_tile, issue_halves, issue_pairs, issue_state, item_coords, item_rows,
+    launch_options, mma2, new_ring, program_item, program_items, store_tile, take_tile, tile_descriptor,
 )
-
-BT = 64  # chunk = tile size
-SLOTS = 24  # ring of 64 x 64 16-bit tiles in shared memory: 192 KB
 
 
 @gluon.jit
 def _loader(q_desc, k_desc, v_desc, do_desc, h_desc, dh_desc, bufs, ready, empty, T, NT, n_items,
             H: gl.constexpr, K: gl.constexpr, V: gl.constexpr, SLOTS: gl.constexpr):
-    pid, step = gl.program_id(0), gl.num_programs(0)
-    for it in range(gl.cdiv(n_items - pid, step)):
-        row, hrow, i_h = item_rows(pid + it * step, T, NT, H, K)
+    for it in range(program_items(n_items)):
+        row, hrow, i_h = item_rows(program_item(it), T, NT, H, K)
         j = it * 16
         issue_pairs(do_desc, v_desc, row, i_h * V, bufs, ready, empty, j, SLOTS)  # 0..3: dO, V halves
         issue_state(h_desc, hrow, bufs, ready, empty, j + 4, SLOTS)  # 4..7: h[c]
@@ -55,9 +51,8 @@ def _compute(q, k, gc, dq, dk, dg, p_bufs, bufs, ready, empty, T, NT, n_items, s
     cols_l: gl.constexpr = MMA_COLS
     o_r = gl.arange(0, 64, layout=rows_l)
     o_c = gl.arange(0, 64, layout=cols_l)
-    pid, step = gl.program_id(0), gl.num_programs(0)
-    for it in range(c, gl.cdiv(n_items - pid, step), NC):
-        bos, i_t, i_h, i_c = item_coords(pid + it * step, T, NT, H)
+    for it in range(c, program_items(n_items), NC):
+        bos, i_t, i_h, i_c = item_coords(program_item(it), T, NT, H)
         bos = bos.to(gl.int64)  # element offsets below pass 2^31 in large batches
         j = it * 16
         row0 = bos + i_t * 64  # the chunk's first token
